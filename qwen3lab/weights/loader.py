@@ -1,0 +1,103 @@
+"""Build a ready model, tokenizer and generation defaults from any supported checkpoint.
+
+Owns: choosing the tensor source (safetensors folder or GGUF file), building the model on the meta
+device and placing each tensor as it arrives (peak memory stays near the weights' size), and the
+checks that turn a wrong or incomplete checkpoint into one clear error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..config import GenerationDefaults, ModelConfig, read_json
+from ..model import CausalLM
+from .hub import resolve_model_path
+
+# Tensors some checkpoints carry that the engine recomputes or never uses.
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+@dataclass
+class Checkpoint:
+    model: CausalLM
+    config: ModelConfig
+    tokenizer: object
+    generation: GenerationDefaults
+    path: Path
+
+
+def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    setattr(module, attr, nn.Parameter(value, requires_grad=False))
+
+
+def build_model(config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor, str]], dtype: torch.dtype,
+                device: str | torch.device = "cpu", total: int | None = None) -> CausalLM:
+    with torch.device("meta"):
+        model = CausalLM(config)
+    expected = {name: p.shape for name, p in model.named_parameters()}
+    loaded: set[str] = set()
+    for name, tensor, source in tqdm(tensors, total=total, desc="loading weights", unit="tensor",
+                                     leave=False, mininterval=1.0):
+        if name.endswith(IGNORED_SUFFIXES) or (name == "lm_head.weight" and config.tie_word_embeddings):
+            continue
+        if name not in expected:
+            raise ValueError(f"{source}: unexpected tensor '{name}' for model_type '{config.model_type}' "
+                             f"(is config.json from the same checkpoint?)")
+        if tuple(tensor.shape) != tuple(expected[name]):
+            raise ValueError(f"{source}: tensor '{name}' has shape {tuple(tensor.shape)}, expected "
+                             f"{tuple(expected[name])} from {config.source}")
+        _set_tensor(model, name, tensor.to(device=device, dtype=dtype))
+        loaded.add(name)
+    needed = set(expected) - ({"lm_head.weight"} if config.tie_word_embeddings else set())
+    missing = sorted(needed - loaded)
+    if missing:
+        raise ValueError(f"checkpoint is missing {len(missing)} tensor(s), e.g. {missing[:4]}; "
+                         f"expected by {config.source}")
+    model.tie_weights()
+    model.rotary_emb.to(device)
+    return model.eval()
+
+
+def load_checkpoint(model: str | Path, dtype: torch.dtype = torch.bfloat16,
+                    device: str | torch.device = "cpu") -> Checkpoint:
+    path = resolve_model_path(model)
+    if path.is_file():
+        return _load_gguf(path, dtype, device)
+    from ..tokenizer import Tokenizer
+    from .safetensors_loader import iter_safetensors
+
+    config = ModelConfig.from_file(path / "config.json")
+    raw = read_json(path / "config.json", what="model config")
+    generation = GenerationDefaults.from_dir(path)
+    tokenizer = Tokenizer.from_dir(path)
+    net = build_model(config, iter_safetensors(path), dtype, device, total=_count_tensors(path, raw))
+    return Checkpoint(net, config, tokenizer, generation, path)
+
+
+def _count_tensors(path: Path, raw: dict) -> int | None:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        return len(read_json(index, what="safetensors index").get("weight_map", {}))
+    return None
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, device) -> Checkpoint:
+    from ..tokenizer import Tokenizer
+    from .gguf_loader import load_gguf
+
+    ckpt = load_gguf(path, dtype)
+    config = ModelConfig.from_dict(ckpt.config, source=str(path))
+    generation = GenerationDefaults.from_dict(ckpt.generation_config)
+    tok, meta = ckpt.tokenizer_files
+    tokenizer = Tokenizer(tok, **meta)
+    tensors = ((name, t, str(path)) for name, t in ckpt.tensors())
+    net = build_model(config, tensors, dtype, device)
+    return Checkpoint(net, config, tokenizer, generation, path)
