@@ -1,0 +1,156 @@
+"""The engine: requests in, token/text deltas out, one scheduler step at a time.
+
+Owns request bookkeeping (n samples, per-sequence RNG, stop conditions, incremental text with
+stop strings held back until they can no longer match). ``LLM`` drives it to completion offline;
+the server drives the same ``step`` from its event loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from ..config import GenerationDefaults
+from ..sampling import SamplingParams, sample
+from ..tokenizer.incremental import IncrementalDetokenizer
+from .model_runner import ModelRunner
+from .outputs import CompletionOutput, RequestOutput, StreamDelta
+from .scheduler import Scheduler
+from .sequence import Sequence
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    max_num_seqs: int = 16
+    max_num_batched_tokens: int = 2048  # prefill chunk budget per step
+    max_model_len: int | None = None  # None: the checkpoint's max_position_embeddings
+
+
+class LLMEngine:
+    def __init__(self, model, tokenizer, generation: GenerationDefaults, settings: EngineSettings,
+                 dtype: torch.dtype, device="cpu"):
+        self.tokenizer, self.generation, self.settings = tokenizer, generation, settings
+        cfg = model.config
+        self.max_model_len = settings.max_model_len or cfg.max_position_embeddings
+        self.scheduler = Scheduler(settings.max_num_seqs, settings.max_num_batched_tokens)
+        self.runner = ModelRunner(model, settings.max_num_seqs, dtype, device)
+        eos = set(generation.eos_token_ids) | set(cfg.eos_token_ids)
+        if tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        self.eos_token_ids = eos
+        self.requests: dict[str, list[Sequence]] = {}
+        self._prompts: dict[str, str | None] = {}
+        self._ids = itertools.count()
+
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
+                    prompt: str | None = None) -> str:
+        n = len(prompt_token_ids)
+        if n == 0:
+            raise ValueError("prompt is empty: give at least one token")
+        if n >= self.max_model_len:
+            raise ValueError(f"prompt has {n} tokens, which does not leave room for one more in the context "
+                             f"window of {self.max_model_len} tokens (max_model_len / max_position_embeddings); "
+                             "shorten the prompt")
+        vocab = self.runner.config.vocab_size
+        if max(prompt_token_ids) >= vocab or min(prompt_token_ids) < 0:
+            raise ValueError(f"prompt token ids must be in [0, {vocab}) for this model")
+        params = params.resolve(self.generation)
+        request_id = request_id or f"req-{next(self._ids)}"
+        room = self.max_model_len - n
+        budget = min(params.max_tokens or room, room)
+        seqs = []
+        for i in range(params.n):
+            s = Sequence(request_id, i, list(prompt_token_ids), params, budget)
+            s.generator = torch.Generator()
+            # Unseeded requests draw their seed from the global RNG, so torch.manual_seed still governs them.
+            s.generator.manual_seed(params.seed + i if params.seed is not None
+                                    else int(torch.randint(0, 2**62, (1,)).item()))
+            s.detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=params.skip_special_tokens)
+            seqs.append(s)
+            self.scheduler.add(s)
+        self.requests[request_id] = seqs
+        self._prompts[request_id] = prompt
+        return request_id
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def abort(self, request_id: str) -> None:
+        for s in self.requests.get(request_id, []):
+            if not s.is_finished:
+                s.finish("abort")
+                self.scheduler.release(s)
+
+    def step(self) -> list[StreamDelta]:
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return []
+        rows, logits = self.runner.run(batch)
+        for s, n in zip(batch.seqs, batch.num_new_tokens):
+            s.num_computed += n
+        if not rows:
+            return []
+        seqs = [batch.seqs[i] for i in rows]
+        banned = [sorted(self.eos_token_ids | set(s.params.stop_token_ids))
+                  if len(s.output_token_ids) < s.params.min_tokens else None for s in seqs]
+        result = sample(logits, [s.params for s in seqs], [s.prompt_token_ids for s in seqs],
+                        [s.output_token_ids for s in seqs], [s.generator for s in seqs], banned)
+        return [self._append(s, t, lp) for s, t, lp in zip(seqs, result.tokens, result.logprobs)]
+
+    def _append(self, seq: Sequence, token: int, logprob: dict[int, float] | None) -> StreamDelta:
+        seq.output_token_ids.append(token)
+        if logprob is not None:
+            seq.logprobs.append(logprob)
+        p = seq.params
+        if token in p.stop_token_ids:
+            seq.finish("stop", token)
+        elif token in self.eos_token_ids and not p.ignore_eos:
+            seq.finish("stop")
+        piece = "" if seq.is_finished else seq.detok.step(token)
+        if not seq.is_finished and len(seq.output_token_ids) >= seq.max_tokens:
+            seq.finish("length")
+        if seq.is_finished:
+            piece += seq.detok.flush()
+        text = self._stop_strings(seq, piece)
+        seq.text += text
+        if seq.is_finished:
+            self.scheduler.release(seq)
+        return StreamDelta(seq.request_id, seq.index, text, [token], seq.is_finished, seq.finish_reason,
+                           seq.stop_reason, [logprob] if logprob is not None else None)
+
+    @staticmethod
+    def _stop_strings(seq: Sequence, piece: str) -> str:
+        """Return the text that can be emitted now; hold back a tail that might start a stop string."""
+        stops = seq.params.stop
+        if not stops:
+            return piece
+        buf = seq.pending_text + piece
+        hits = [(buf.find(s), s) for s in stops if s in buf]
+        if hits:
+            idx, stop = min(hits)
+            seq.pending_text = ""
+            if not seq.is_finished or seq.finish_reason == "length":
+                seq.finish("stop", stop)
+            return buf[: idx + (len(stop) if seq.params.include_stop_str_in_output else 0)]
+        if seq.is_finished:
+            seq.pending_text = ""
+            return buf
+        keep = max(len(s) for s in stops) - 1
+        cut = max(len(buf) - keep, 0)
+        seq.pending_text = buf[cut:]
+        return buf[:cut]
+
+    def collect(self, request_id: str) -> RequestOutput:
+        seqs = self.requests[request_id]
+        outs = [CompletionOutput(s.index, s.text, list(s.output_token_ids), s.finish_reason, s.stop_reason,
+                                 s.logprobs if s.params.logprobs is not None else None) for s in seqs]
+        return RequestOutput(request_id, self._prompts.get(request_id), seqs[0].prompt_token_ids, outs,
+                             all(s.is_finished for s in seqs))
+
+    def pop(self, request_id: str) -> RequestOutput:
+        out = self.collect(request_id)
+        del self.requests[request_id]
+        self._prompts.pop(request_id, None)
+        return out

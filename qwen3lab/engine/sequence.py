@@ -1,0 +1,68 @@
+"""State of one generated sequence (one sample of one request): plain Python, no tensors.
+
+The engine appends tokens and text; the scheduler reads lengths and status; neither knows about
+the model. ``num_computed`` counts tokens whose keys/values are in the cache, so a chunked
+prefill, a decode step and a speculative rollback are all just changes to that one number.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..sampling import SamplingParams
+
+_ids = itertools.count()
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Sequence:
+    request_id: str
+    index: int  # sample number within the request (for n > 1)
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    max_tokens: int  # resolved budget: min(params.max_tokens, context room)
+    seq_id: int = field(default_factory=lambda: next(_ids))
+    output_token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, float]] = field(default_factory=list)
+    status: Status = Status.WAITING
+    slot: int | None = None
+    num_computed: int = 0
+    text: str = ""  # output text emitted so far (stop strings already cut)
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    stop_reason: int | str | None = None  # the stop token id or string that ended it
+    generator: Any = None  # the engine's per-sequence RNG, opaque here
+    detok: Any = None  # the engine's incremental detokenizer, opaque here
+    pending_text: str = ""  # decoded but held back: it could still become a stop string
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    @property
+    def in_prefill(self) -> bool:
+        """True while prompt tokens remain to be fed (the last one is fed by the step that samples)."""
+        return self.num_computed < self.num_tokens - 1
+
+    def finish(self, reason: str, stop_reason: int | str | None = None) -> None:
+        self.status, self.finish_reason, self.stop_reason = Status.FINISHED, reason, stop_reason

@@ -1,0 +1,150 @@
+"""The offline front of the engine: ``LLM(model).generate(prompts, SamplingParams(...))`` and ``chat``.
+
+Everything runs through ``LLMEngine`` (the same scheduler, KV cache and model runner the server
+uses); this module only turns prompts and conversations into requests and collects the results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from .chat.parser import parse_output
+from .engine.llm_engine import EngineSettings, LLMEngine
+from .engine.outputs import RequestOutput, StreamDelta
+from .sampling import SamplingParams
+from .weights.loader import load_checkpoint
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype, checkpoint_dtype: str | None = None) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return DTYPES.get(checkpoint_dtype or "", torch.bfloat16)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)} or 'auto'")
+    return DTYPES[dtype]
+
+
+@dataclass
+class ChatResult:
+    content: str | None
+    reasoning_content: str | None
+    tool_calls: list[dict]
+    text: str  # the raw generated text
+    token_ids: list[int]
+    finish_reason: str | None
+    prompt_token_ids: list[int] = field(default_factory=list)
+    parse_errors: list[str] = field(default_factory=list)
+
+
+class LLM:
+    def __init__(self, model: str | Path | None = None, dtype: str | torch.dtype = "auto", device: str = "cpu",
+                 max_num_seqs: int = 16, max_model_len: int | None = None, max_num_batched_tokens: int = 2048):
+        if model is None:
+            from .weights.default_model import smollm2_gguf_path
+
+            model = smollm2_gguf_path()
+        if isinstance(dtype, str) and dtype not in (*DTYPES, "auto"):
+            resolve_dtype(dtype)  # raises the clear error before any loading work
+        self.device = torch.device(device)
+        # The dtype follows the checkpoint when "auto"; read cheaply before the weights.
+        cfg_dtype = None
+        if dtype == "auto" and Path(str(model), "config.json").exists():
+            from .config import read_json
+
+            raw = read_json(Path(str(model), "config.json"), "model config")
+            cfg_dtype = raw.get("torch_dtype") or raw.get("dtype")
+        self.dtype = resolve_dtype(dtype, cfg_dtype)
+        ckpt = load_checkpoint(model, self.dtype, self.device)
+        self.model, self.config, self.tokenizer = ckpt.model, ckpt.config, ckpt.tokenizer
+        self.generation_defaults, self.model_path = ckpt.generation, ckpt.path
+        settings = EngineSettings(max_num_seqs, max_num_batched_tokens, max_model_len)
+        self.engine = LLMEngine(self.model, self.tokenizer, self.generation_defaults, settings, self.dtype, self.device)
+
+    # -- prompts ---------------------------------------------------------------------------
+    def _encode(self, prompt: str | list[int]) -> tuple[list[int], str | None]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt), prompt
+        if not all(isinstance(t, int) for t in prompt):
+            raise ValueError("a prompt must be a string or a list of token ids (ints)")
+        return list(prompt), None
+
+    def generate(self, prompts: str | list[int] | list[str] | list[list[int]],
+                 sampling_params: SamplingParams | list[SamplingParams] | None = None,
+                 use_tqdm: bool = False) -> list[RequestOutput]:
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        params = sampling_params or SamplingParams()
+        params_list = params if isinstance(params, list) else [params] * len(prompts)
+        if len(params_list) != len(prompts):
+            raise ValueError(f"got {len(params_list)} SamplingParams for {len(prompts)} prompts")
+        ids = []
+        for prompt, p in zip(prompts, params_list):
+            tokens, text = self._encode(prompt)
+            ids.append(self.engine.add_request(tokens, p, prompt=text))
+        bar = tqdm(total=len(ids), desc="generating", unit="req", disable=not use_tqdm)
+        done = set()
+        while self.engine.has_unfinished():
+            for d in self.engine.step():
+                if d.finished and d.request_id not in done and self.engine.collect(d.request_id).finished:
+                    done.add(d.request_id)
+                    bar.update(1)
+        bar.close()
+        return [self.engine.pop(r) for r in ids]
+
+    def stream(self, prompt: str | list[int], sampling_params: SamplingParams | None = None) -> Iterator[StreamDelta]:
+        """Yield text/token deltas of one prompt as they are generated (one request, all its samples)."""
+        tokens, text = self._encode(prompt)
+        rid = self.engine.add_request(tokens, sampling_params or SamplingParams(), prompt=text)
+        try:
+            while not self.engine.collect(rid).finished:
+                for d in self.engine.step():
+                    if d.request_id == rid:
+                        yield d
+        finally:  # a consumer that stops early cancels the request
+            self.engine.abort(rid)
+            self.engine.pop(rid)
+
+    # -- chat ------------------------------------------------------------------------------
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None, enable_thinking: bool | None = None,
+                    **template_kwargs) -> str:
+        return self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True,
+                                                  enable_thinking=enable_thinking, **template_kwargs)
+
+    def thinking_enabled(self, enable_thinking: bool | None) -> bool:
+        """Whether generated text starts in reasoning mode: the template knows <think> and it is not off."""
+        return enable_thinking is not False and "<think>" in (self.tokenizer.chat_template or "")
+
+    def chat(self, messages: list[dict] | list[list[dict]], tools: list[dict] | None = None,
+             enable_thinking: bool | None = None, sampling: SamplingParams | None = None,
+             **template_kwargs) -> ChatResult | list[ChatResult]:
+        single = bool(messages) and isinstance(messages[0], dict)
+        conversations = [messages] if single else messages
+        prompts = [self.tokenizer.encode(self.render_chat(m, tools, enable_thinking, **template_kwargs),
+                                         add_special_tokens=False) for m in conversations]
+        outs = self.generate(prompts, sampling)
+        thinking = self.thinking_enabled(enable_thinking)
+        results = []
+        for out in outs:
+            parsed = parse_output(out.text, thinking=thinking)
+            results.append(ChatResult(parsed.content, parsed.reasoning_content, parsed.tool_calls, out.text,
+                                      out.token_ids, out.finish_reason, out.prompt_token_ids, parsed.parse_errors))
+        return results[0] if single else results
+
+    # -- scoring ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def logits(self, token_ids: list[int]) -> torch.Tensor:
+        """Next-token logits [len, vocab] (float32) for every position of one sequence."""
+        from .model import AttentionBatch
+
+        ids = torch.tensor([list(token_ids)], device=self.device)
+        positions = torch.arange(ids.shape[1], device=self.device).unsqueeze(0)
+        batch = AttentionBatch.build(positions, self.config.layer_types, self.config.sliding_window)
+        return self.model.compute_logits(self.model(ids, batch))[0].cpu()
