@@ -183,10 +183,10 @@ def _layer_types(cfg: dict, model_type: str, n_layers: int, source: str) -> tupl
         if bad:
             raise ConfigError(f"{source}: 'layer_types' has unknown entries {sorted(set(bad))}; expected {LAYER_TYPES}")
         types = tuple(explicit)
-        if "sliding_attention" in types and window is None:
-            window = cfg.get("sliding_window")
-            if not window:
-                raise ConfigError(f"{source}: 'layer_types' has sliding layers but 'sliding_window' is not set")
+        if window is None:
+            # transformers drops the window unless use_sliding_window is set, so "sliding" layers then
+            # attend fully; we follow the reference rather than guess.
+            types = tuple("full_attention" for _ in types)
     else:
         start = cfg.get("max_window_layers", n_layers)
         types = tuple("sliding_attention" if window is not None and i >= start else "full_attention"
