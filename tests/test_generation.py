@@ -159,3 +159,22 @@ def test_chat_renders_template_and_parses(llm):
     assert llm.tokenizer.decode(res.prompt_token_ids) == expected
     assert expected.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert res.reasoning_content is None and res.content == (res.text.strip() or None)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_tracks_transformers(folder, dtype):
+    """Half precision cannot match bit for bit; it must stay as close to fp32 as the reference does."""
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(0, 151643, (1, 40), generator=torch.Generator().manual_seed(5))
+    ref32 = LLM(str(folder), dtype="float32").logits(ids[0].tolist())
+    ours = LLM(str(folder), dtype=dtype)
+    assert ours.model.lm_head.weight.dtype == getattr(torch, dtype)
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=getattr(torch, dtype)).eval()
+    with torch.inference_mode():
+        theirs = hf(ids).logits[0].float()
+    err_ours = (ours.logits(ids[0].tolist()) - ref32).abs().max().item()
+    err_theirs = (theirs - ref32).abs().max().item()
+    assert err_ours <= 2 * err_theirs + 1e-3, (err_ours, err_theirs)
+    out = ours.generate(PROMPT, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))[0]
+    assert len(out.token_ids) == 8
