@@ -45,7 +45,8 @@ class LLMEngine:
         self._ids = itertools.count()
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
-                    prompt: str | None = None) -> str:
+                    prompt: str | None = None, constraint_factory=None) -> str:
+        """Queue a request (n sequences); ``constraint_factory()`` makes one decoding constraint per sample."""
         n = len(prompt_token_ids)
         if n == 0:
             raise ValueError("prompt is empty: give at least one token")
@@ -68,6 +69,7 @@ class LLMEngine:
             s.generator.manual_seed(params.seed + i if params.seed is not None
                                     else int(torch.randint(0, 2**62, (1,)).item()))
             s.detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=params.skip_special_tokens)
+            s.constraint = constraint_factory() if constraint_factory is not None else None
             seqs.append(s)
             self.scheduler.add(s)
         self.requests[request_id] = seqs
@@ -93,6 +95,10 @@ class LLMEngine:
         if not rows:
             return []
         seqs = [batch.seqs[i] for i in rows]
+        for r, s in enumerate(seqs):
+            mask = s.constraint.allowed_tokens(logits.shape[1]) if s.constraint is not None else None
+            if mask is not None:
+                logits[r].masked_fill_(~mask, float("-inf"))
         banned = [sorted(self.eos_token_ids | set(s.params.stop_token_ids))
                   if len(s.output_token_ids) < s.params.min_tokens else None for s in seqs]
         result = sample(logits, [s.params for s in seqs], [s.prompt_token_ids for s in seqs],
@@ -101,6 +107,8 @@ class LLMEngine:
 
     def _append(self, seq: Sequence, token: int, logprob: dict[int, float] | None) -> StreamDelta:
         seq.output_token_ids.append(token)
+        if seq.constraint is not None:
+            seq.constraint.advance(token)
         if logprob is not None:
             seq.logprobs.append(logprob)
         p = seq.params

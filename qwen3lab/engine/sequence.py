@@ -42,6 +42,9 @@ class Sequence:
     generator: Any = None  # the engine's per-sequence RNG, opaque here
     detok: Any = None  # the engine's incremental detokenizer, opaque here
     pending_text: str = ""  # decoded but held back: it could still become a stop string
+    # Optional constrained decoding (JSON schema, tool-call grammar): an object with
+    # ``allowed_tokens(vocab_size) -> torch.BoolTensor | None`` and ``advance(token_id)``.
+    constraint: Any = None
 
     @property
     def all_token_ids(self) -> list[int]:
