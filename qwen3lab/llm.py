@@ -46,7 +46,8 @@ class ChatResult:
 
 class LLM:
     def __init__(self, model: str | Path | None = None, dtype: str | torch.dtype = "auto", device: str = "cpu",
-                 max_num_seqs: int = 16, max_model_len: int | None = None, max_num_batched_tokens: int = 2048):
+                 max_num_seqs: int = 16, max_model_len: int | None = None, max_num_batched_tokens: int = 512,
+                 kv_cache_memory_gb: float = 4.0, enable_prefix_caching: bool = True):
         if model is None:
             from .weights.default_model import smollm2_gguf_path
 
@@ -65,7 +66,8 @@ class LLM:
         ckpt = load_checkpoint(model, self.dtype, self.device)
         self.model, self.config, self.tokenizer = ckpt.model, ckpt.config, ckpt.tokenizer
         self.generation_defaults, self.model_path = ckpt.generation, ckpt.path
-        settings = EngineSettings(max_num_seqs, max_num_batched_tokens, max_model_len)
+        settings = EngineSettings(max_num_seqs, max_num_batched_tokens, max_model_len, kv_cache_memory_gb,
+                                  enable_prefix_caching=enable_prefix_caching)
         self.engine = LLMEngine(self.model, self.tokenizer, self.generation_defaults, settings, self.dtype, self.device)
 
     # -- prompts ---------------------------------------------------------------------------
@@ -142,9 +144,9 @@ class LLM:
     @torch.inference_mode()
     def logits(self, token_ids: list[int]) -> torch.Tensor:
         """Next-token logits [len, vocab] (float32) for every position of one sequence."""
-        from .model import AttentionBatch
+        from .model import AttentionMetadata
 
-        ids = torch.tensor([list(token_ids)], device=self.device)
-        positions = torch.arange(ids.shape[1], device=self.device).unsqueeze(0)
-        batch = AttentionBatch.build(positions, self.config.layer_types, self.config.sliding_window)
-        return self.model.compute_logits(self.model(ids, batch))[0].cpu()
+        n = len(token_ids)
+        meta = AttentionMetadata.build([n], [n], self.config.layer_types, self.config.sliding_window,
+                                       device=self.device)
+        return self.model.compute_logits(self.model(torch.tensor(list(token_ids), device=self.device), meta)).cpu()

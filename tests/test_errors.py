@@ -133,5 +133,5 @@ def test_invalid_dtype_and_token_ids(good):
 def test_hub_id_without_network_says_how_to_supply_files(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(FileNotFoundError, match=r"Qwen/Qwen3-4B.*hf download Qwen/Qwen3-4B.*--model DIR"):
+    with pytest.raises(FileNotFoundError, match=r"(?s)Qwen/Qwen3-4B.*hf download Qwen/Qwen3-4B.*--model DIR"):
         LLM("Qwen/Qwen3-4B")

@@ -1,9 +1,8 @@
-"""Slot-based KV cache: one preallocated row of keys and values per running sequence.
+"""Paged KV cache storage: one pool of fixed-size blocks per layer.
 
-Owns storage only: ``update`` writes a step's keys/values at their positions and returns what the
-attention must read. Which sequence holds which slot, and how long each is, is the scheduler's
-business; rollback (speculation) is just the scheduler lowering a length, since positions beyond a
-sequence's length are masked and later overwritten.
+Owns the tensors only. ``write`` puts a step's keys/values at flat slot indices, ``gather`` reads
+a group of sequences' keys by index; which block belongs to which sequence is the block manager's
+business (``block_manager.py``). A token's slot is ``block_id * block_size + offset``.
 """
 
 from __future__ import annotations
@@ -13,49 +12,30 @@ import torch
 from ..config import ModelConfig
 
 
-class KVCache:
-    def __init__(self, config: ModelConfig, num_slots: int, capacity: int, dtype: torch.dtype,
+def bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim
+    return per_token * block_size * torch.tensor([], dtype=dtype).element_size()
+
+
+class PagedKVCache:
+    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
                  device: torch.device | str = "cpu"):
-        self.num_layers = config.num_hidden_layers
-        self.num_slots, self.dtype, self.device = num_slots, dtype, torch.device(device)
-        self.shape_tail = (config.num_key_value_heads, config.head_dim)
-        self.capacity = 0
-        self.k: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
-        self.ensure_capacity(capacity)
-
-    def _alloc(self, capacity: int) -> torch.Tensor:
-        # Zeros, not empty: masked keys still enter the matmul, and 0 * NaN garbage would be NaN.
-        kvh, d = self.shape_tail
-        return torch.zeros(self.num_slots, kvh, capacity, d, dtype=self.dtype, device=self.device)
-
-    def ensure_capacity(self, capacity: int) -> None:
-        """Grow every layer to hold ``capacity`` positions per slot (at least doubling, to amortise)."""
-        if capacity <= self.capacity:
-            return
-        new_cap = max(capacity, 2 * self.capacity)
-        for store in (self.k, self.v):
-            for i in range(self.num_layers):
-                new = self._alloc(new_cap)
-                if i < len(store):
-                    new[:, :, : self.capacity] = store[i]
-                    store[i] = new
-                else:
-                    store.append(new)
-        self.capacity = new_cap
+        self.num_blocks, self.block_size, self.dtype = num_blocks, block_size, dtype
+        shape = (num_blocks * block_size, config.num_key_value_heads, config.head_dim)
+        # Zeros, not empty: a gather may touch never-written slots (masked, but 0 * NaN would be NaN).
+        # On CPU, zero pages are only backed by memory once written.
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
 
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
-    def update(self, layer: int, batch, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v: [B, T, kvh, d] at ``batch.positions`` -> cached keys/values [B, kvh, kv_len, d]."""
-        kc, vc = self.k[layer], self.v[layer]
-        slots, pos = batch.slot_ids, batch.positions
-        # Advanced indices on dims 0 and 2 around a slice: the indexed view is [B, T, kvh, d].
-        kc[slots[:, None], :, pos] = k
-        vc[slots[:, None], :, pos] = v
-        start = batch.slot_range_start
-        if start is not None:  # slots form a contiguous range: read a view, no gather copy
-            return kc[start: start + len(slots), :, : batch.kv_len], vc[start: start + len(slots), :, : batch.kv_len]
-        return kc[slots, :, : batch.kv_len], vc[slots, :, : batch.kv_len]
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: [N, kvh, d] for the N slots."""
+        self.k[layer][slots] = k
+        self.v[layer][slots] = v
+
+    def gather(self, layer: int, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """index: [G, S] slots -> keys, values [G, S, kvh, d]."""
+        return self.k[layer][index], self.v[layer][index]

@@ -8,6 +8,7 @@ the server drives the same ``step`` from its event loop.
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -15,17 +16,24 @@ import torch
 from ..config import GenerationDefaults
 from ..sampling import SamplingParams, sample
 from ..tokenizer.incremental import IncrementalDetokenizer
+from .block_manager import BlockManager
+from .kv_cache import PagedKVCache, bytes_per_block
 from .model_runner import ModelRunner
 from .outputs import CompletionOutput, RequestOutput, StreamDelta
 from .scheduler import Scheduler
 from .sequence import Sequence
 
+log = logging.getLogger("qwen3lab")
+
 
 @dataclass(frozen=True)
 class EngineSettings:
     max_num_seqs: int = 16
-    max_num_batched_tokens: int = 2048  # prefill chunk budget per step
+    max_num_batched_tokens: int = 512  # tokens per step: bounds prefill chunks and step latency
     max_model_len: int | None = None  # None: the checkpoint's max_position_embeddings
+    kv_cache_memory_gb: float = 4.0  # pool budget (vLLM's CPU default); never more than max_num_seqs x max_model_len
+    block_size: int = 16
+    enable_prefix_caching: bool = True
 
 
 class LLMEngine:
@@ -34,8 +42,18 @@ class LLMEngine:
         self.tokenizer, self.generation, self.settings = tokenizer, generation, settings
         cfg = model.config
         self.max_model_len = settings.max_model_len or cfg.max_position_embeddings
-        self.scheduler = Scheduler(settings.max_num_seqs, settings.max_num_batched_tokens)
-        self.runner = ModelRunner(model, settings.max_num_seqs, dtype, device)
+        bs = settings.block_size
+        per_block = bytes_per_block(cfg, bs, dtype)
+        wanted = -(-settings.max_num_seqs * self.max_model_len // bs)
+        num_blocks = max(1, min(wanted, int(settings.kv_cache_memory_gb * 2**30 // per_block)))
+        if num_blocks * bs < self.max_model_len:
+            log.warning("KV cache of %.1f GiB holds %d tokens: max_model_len lowered from %d",
+                        settings.kv_cache_memory_gb, num_blocks * bs, self.max_model_len)
+            self.max_model_len = num_blocks * bs
+        self.cache = PagedKVCache(cfg, num_blocks, bs, dtype, device)
+        self.blocks = BlockManager(num_blocks, bs, settings.enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, settings.max_num_seqs, settings.max_num_batched_tokens)
+        self.runner = ModelRunner(model, self.cache, device)
         eos = set(generation.eos_token_ids) | set(cfg.eos_token_ids)
         if tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
@@ -88,10 +106,11 @@ class LLMEngine:
     def step(self) -> list[StreamDelta]:
         batch = self.scheduler.schedule()
         if batch is None:
+            if self.scheduler.has_unfinished():
+                raise RuntimeError("scheduler made no progress with requests pending (KV pool too small?)")
             return []
         rows, logits = self.runner.run(batch)
-        for s, n in zip(batch.seqs, batch.num_new_tokens):
-            s.num_computed += n
+        self.scheduler.step_done(batch)
         if not rows:
             return []
         seqs = [batch.seqs[i] for i in rows]

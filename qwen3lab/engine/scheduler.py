@@ -1,8 +1,10 @@
-"""Continuous-batching scheduler over KV-cache slots: plain Python, unit-testable without a model.
+"""Continuous-batching scheduler over a paged KV cache: plain Python, unit-tested without a model.
 
-Each step either feeds prompt chunks (prefill, bounded by a token budget so a long prompt never
-needs its whole attention matrix at once) or one token for every running sequence (decode).
-Sequences join when a slot is free and leave the moment they finish, between steps.
+Every step has a token budget. Running decodes come first (one token each), then prompt chunks of
+sequences still prefilling, then newly admitted requests, so a long prompt is split over steps and
+shares them with decodes (chunked prefill). When the pool has no block for a decode, the most
+recently admitted sequence is preempted: its blocks are freed and it is recomputed later.
+Finished and cancelled sequences leave between steps and free their blocks at once.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from .block_manager import BlockManager
 from .sequence import Sequence, Status
 
 
@@ -17,21 +20,21 @@ from .sequence import Sequence, Status
 class ScheduledBatch:
     seqs: list[Sequence]
     num_new_tokens: list[int]  # tokens fed for each sequence this step
-    is_prefill: bool
 
     def samples(self, i: int) -> bool:
-        """Whether row i's step reaches the end of its known tokens, so its logits pick the next one."""
+        """Whether row i reaches the end of its known tokens, so its last logits pick the next one."""
         s = self.seqs[i]
         return s.num_computed + self.num_new_tokens[i] == s.num_tokens
 
 
 class Scheduler:
-    def __init__(self, max_num_seqs: int = 16, max_num_batched_tokens: int = 2048):
+    def __init__(self, blocks: BlockManager, max_num_seqs: int = 16, max_num_batched_tokens: int = 512):
+        self.blocks = blocks
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        self.free_slots = list(range(max_num_seqs - 1, -1, -1))
+        self.num_preemptions = 0
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -39,34 +42,76 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def _admit(self) -> None:
-        while self.waiting and self.free_slots:
-            seq = self.waiting.popleft()
-            seq.slot, seq.status = self.free_slots.pop(), Status.RUNNING
-            self.running.append(seq)
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.release(seq)
+        seq.num_computed, seq.status = 0, Status.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
 
     def schedule(self) -> ScheduledBatch | None:
-        self._admit()
-        if not self.running:
-            return None
-        prefilling = [s for s in self.running if s.in_prefill]
-        if prefilling:
-            budget, seqs, counts = self.max_num_batched_tokens, [], []
-            for s in prefilling:
-                n = min(s.num_tokens - s.num_computed, budget)
-                if n <= 0:
+        budget = self.max_num_batched_tokens
+        seqs: list[Sequence] = []
+        counts: list[int] = []
+        # 1. Decodes of running sequences, preempting from the back when the pool is full.
+        for seq in list(self.running):
+            if seq not in self.running or seq.in_prefill or budget == 0:
+                continue
+            while not self.blocks.allocate(seq, seq.num_computed + 1):
+                victim = self.running[-1]
+                self._preempt(victim)
+                if victim is seq:
                     break
-                seqs.append(s)
-                counts.append(n)
-                budget -= n
-            return ScheduledBatch(seqs, counts, is_prefill=True)
-        return ScheduledBatch(list(self.running), [1] * len(self.running), is_prefill=False)
+            if seq in self.running:
+                seqs.append(seq)
+                counts.append(1)
+                budget -= 1
+        # 2. Prompt chunks of sequences already admitted.
+        for seq in self.running:
+            if budget == 0:
+                break
+            if seq.in_prefill and seq not in seqs:
+                n = self._fit(seq, budget)
+                if n:
+                    seqs.append(seq)
+                    counts.append(n)
+                    budget -= n
+        # 3. New requests while there is room.
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            seq.num_computed = self.blocks.admit(seq)
+            n = self._fit(seq, budget)
+            if not n:
+                self.blocks.release(seq)
+                seq.num_computed = 0
+                break
+            self.waiting.popleft()
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            seqs.append(seq)
+            counts.append(n)
+            budget -= n
+        return ScheduledBatch(seqs, counts) if seqs else None
+
+    def _fit(self, seq: Sequence, budget: int) -> int:
+        """Allocate blocks for the largest prompt chunk that fits the budget and the pool."""
+        n = min(seq.num_tokens - seq.num_computed, budget)
+        while n > 0 and not self.blocks.allocate(seq, seq.num_computed + n):
+            # Shrink to what the free blocks can hold (whole blocks beyond those already owned).
+            room = (len(seq.block_table) + self.blocks.num_free) * self.blocks.block_size - seq.num_computed
+            n = min(n - 1, room)
+        return max(n, 0)
+
+    def step_done(self, batch: ScheduledBatch) -> None:
+        """Advance computed counts and publish newly full blocks to the prefix cache."""
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed += n
+            self.blocks.register(seq)
 
     def release(self, seq: Sequence) -> None:
-        """Drop a finished or aborted sequence and free its slot at once."""
+        """Drop a finished or aborted sequence and free its blocks at once."""
         if seq in self.running:
             self.running.remove(seq)
-            self.free_slots.append(seq.slot)
         elif seq in self.waiting:
             self.waiting.remove(seq)
-        seq.slot = None
+        self.blocks.release(seq)

@@ -34,7 +34,8 @@ class Sequence:
     output_token_ids: list[int] = field(default_factory=list)
     logprobs: list[dict[int, float]] = field(default_factory=list)
     status: Status = Status.WAITING
-    slot: int | None = None
+    block_table: list[int] = field(default_factory=list)  # KV-cache blocks, in position order
+    block_hashes: list[bytes] = field(default_factory=list)  # prefix-cache keys of the full blocks
     num_computed: int = 0
     text: str = ""  # output text emitted so far (stop strings already cut)
     finish_reason: str | None = None  # "stop" | "length" | "abort"

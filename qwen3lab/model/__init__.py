@@ -1,4 +1,4 @@
-from .attention import AttentionBatch
+from .attention_metadata import AttentionMetadata
 from .decoder import CausalLM
 
-__all__ = ["AttentionBatch", "CausalLM"]
+__all__ = ["AttentionMetadata", "CausalLM"]

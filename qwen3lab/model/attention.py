@@ -1,57 +1,20 @@
 """Grouped-query self-attention with optional QK-norm and per-layer sliding window.
 
-Owns: the attention block and the per-step ``AttentionBatch`` metadata (positions, cache slots and
-the boolean masks shared by every layer of one type). The KV cache object is passed in from the
-engine; without one (training, whole-sequence scoring) keys are the step's own tokens.
+Owns the attention block over a flat token batch. Where keys come from (a paged cache or the
+step's own tokens) and which rows attend together is described by ``AttentionMetadata``; the
+cache object itself is passed in by the engine.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from .attention_metadata import AttentionMetadata
 from .norm import RMSNorm
 from .rope import apply_rotary
-
-
-@dataclass
-class AttentionBatch:
-    """What one forward step needs to know about its sequences.
-
-    ``positions`` [B, T]: absolute position of every input token (right padding continues the count).
-    ``slot_ids`` [B]: the KV-cache slot of each row (None without a cache).
-    ``kv_len``: keys 0..kv_len-1 of each slot are read (with a cache).
-    ``masks``: layer type -> bool [B, 1, T, S], True where a query may attend a key.
-    """
-
-    positions: torch.Tensor
-    slot_ids: torch.Tensor | None = None
-    kv_len: int = 0
-    masks: dict[str, torch.Tensor] = field(default_factory=dict)
-    slot_range_start: int | None = None  # set when slot_ids are consecutive: the cache reads a view
-
-    @classmethod
-    def build(cls, positions: torch.Tensor, layer_types: tuple[str, ...], sliding_window: int | None,
-              slot_ids: torch.Tensor | None = None, kv_len: int | None = None,
-              slot_range_start: int | None = None) -> "AttentionBatch":
-        q = positions.unsqueeze(-1)  # [B, T, 1]
-        if slot_ids is not None:
-            kv_len = int(kv_len if kv_len is not None else positions.max().item() + 1)
-            k = torch.arange(kv_len, device=positions.device).view(1, 1, -1)
-        else:
-            kv_len = positions.shape[1]
-            k = positions.unsqueeze(1)  # keys are this step's own tokens
-        causal = k <= q
-        masks = {"full_attention": causal.unsqueeze(1)}
-        if "sliding_attention" in layer_types:
-            # transformers' sliding overlay: key visible when kv_idx > q_idx - window.
-            masks["sliding_attention"] = (causal & (k > q - sliding_window)).unsqueeze(1)
-        return cls(positions=positions, slot_ids=slot_ids, kv_len=kv_len, masks=masks,
-                   slot_range_start=slot_range_start)
 
 
 class Attention(nn.Module):
@@ -74,21 +37,40 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: AttentionBatch,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata,
                 kv_cache=None) -> torch.Tensor:
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+        """x: [N, hidden] flat tokens -> [N, hidden]."""
+        N = x.shape[0]
+        q = self.q_proj(x).view(N, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(N, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(N, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:  # Qwen3: per-head RMSNorm before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
-            k, v = kv_cache.update(self.layer_idx, batch, k, v)  # [B, kvh, S, d]
-        else:
-            k, v = k.transpose(1, 2), v.transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k, v, attn_mask=batch.masks[self.layer_type], scale=self.scaling,
-            enable_gqa=self.num_kv_heads != self.num_heads,
-        )
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+            kv_cache.write(self.layer_idx, meta.slot_mapping, k, v)
+        out = None
+        for g in meta.groups:
+            G, T = g.token_index.shape
+            if g.covers_all:
+                qg = q.view(G, T, self.num_heads, self.head_dim)
+            else:
+                qg = q[g.token_index]
+            if kv_cache is not None:
+                kg, vg = kv_cache.gather(self.layer_idx, g.gather)  # [G, S, kvh, d]
+            elif g.covers_all:
+                kg, vg = k.view(G, T, self.num_kv_heads, self.head_dim), v.view(G, T, self.num_kv_heads, self.head_dim)
+            else:
+                kg, vg = k[g.token_index], v[g.token_index]
+            mask = g.masks[self.layer_type]
+            o = F.scaled_dot_product_attention(
+                qg.transpose(1, 2), kg.transpose(1, 2), vg.transpose(1, 2), attn_mask=mask, is_causal=mask is None,
+                scale=self.scaling, enable_gqa=self.num_kv_heads != self.num_heads,
+            ).transpose(1, 2)  # [G, T, heads, d]
+            if g.covers_all:
+                out = o.reshape(N, -1)
+            else:
+                if out is None:
+                    out = q.new_empty(N, self.num_heads * self.head_dim)
+                out[g.token_index.reshape(-1)] = o.reshape(G * T, -1)
+        return self.o_proj(out)

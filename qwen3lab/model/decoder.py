@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .attention import Attention, AttentionBatch
+from .attention import Attention
+from .attention_metadata import AttentionMetadata
 from .norm import RMSNorm
 from .rope import RotaryEmbedding
 
@@ -37,8 +38,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, batch: AttentionBatch, kv_cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, kv_cache)
+    def forward(self, x, cos, sin, meta: AttentionMetadata, kv_cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta, kv_cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -66,17 +67,17 @@ class CausalLM(nn.Module):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def forward(self, input_ids: torch.Tensor, batch: AttentionBatch, kv_cache=None,
+    def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata, kv_cache=None,
                 output_hidden_layers: tuple[int, ...] = ()) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """input_ids [B, T] -> final-normed hidden states [B, T, hidden].
+        """input_ids [N] (flat tokens of all sequences) -> final-normed hidden states [N, hidden].
 
         ``output_hidden_layers``: also return the outputs of these layers (for draft heads and probes).
         """
         x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rotary_emb(batch.positions, x.dtype)
+        cos, sin = self.rotary_emb(meta.positions, x.dtype)
         captured = []
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, batch, kv_cache)
+            x = layer(x, cos, sin, meta, kv_cache)
             if i in output_hidden_layers:
                 captured.append(x)
         x = self.model.norm(x)

@@ -1,0 +1,110 @@
+"""KV-cache block allocation with prefix caching: plain Python, no tensors.
+
+Blocks are reference-counted. A full block is keyed by a hash of its tokens chained with the
+previous block's key, so two prompts that share a prefix share its blocks. A block whose count
+drops to zero keeps its key and sits in the free list as evictable: reused if the same prefix comes
+back, recycled least-recently-freed first otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+from .sequence import Sequence
+
+
+def block_key(parent: bytes | None, tokens: list[int]) -> bytes:
+    # A cryptographic digest, not hash(): a collision would silently reuse another prompt's keys.
+    h = hashlib.blake2b(parent or b"", digest_size=16)
+    h.update(b"".join(t.to_bytes(4, "little") for t in tokens))
+    return h.digest()
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.ref = [0] * num_blocks
+        self.key: list[bytes | None] = [None] * num_blocks
+        self.cached: dict[bytes, int] = {}
+        self.free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        self.hit_tokens = 0  # prefix-cache statistics, for metrics
+        self.queried_tokens = 0
+
+    @property
+    def num_free(self) -> int:
+        return len(self.free)
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - len(self.free) / self.num_blocks
+
+    def blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
+        return max(0, -(-num_tokens // self.block_size) - len(seq.block_table))
+
+    def _take(self, block: int) -> None:
+        if self.ref[block] == 0:
+            del self.free[block]
+        self.ref[block] += 1
+
+    def admit(self, seq: Sequence) -> int:
+        """Attach cached blocks of the longest matching prefix; return how many tokens they cover.
+
+        At least one token is left to compute, since its logits pick the next token.
+        """
+        hits: list[int] = []
+        keys: list[bytes] = []
+        if self.enable_prefix_caching:
+            tokens, bs = seq.all_token_ids, self.block_size
+            parent = None
+            for i in range((len(tokens) - 1) // bs):
+                parent = block_key(parent, tokens[i * bs: (i + 1) * bs])
+                block = self.cached.get(parent)
+                if block is None:
+                    break
+                hits.append(block)
+                keys.append(parent)
+            self.queried_tokens += len(tokens)
+            self.hit_tokens += len(hits) * bs
+        for b in hits:
+            self._take(b)
+        seq.block_table, seq.block_hashes = hits, keys
+        return len(hits) * self.block_size
+
+    def allocate(self, seq: Sequence, num_tokens: int) -> bool:
+        """Grow the block table to hold ``num_tokens`` positions; False (and no change) if the pool is short."""
+        need = self.blocks_needed(seq, num_tokens)
+        if need > len(self.free):
+            return False
+        for _ in range(need):
+            block, _ = self.free.popitem(last=False)  # least recently freed first
+            if self.key[block] is not None:  # evict its prefix-cache entry
+                if self.cached.get(self.key[block]) == block:
+                    del self.cached[self.key[block]]
+                self.key[block] = None
+            self.ref[block] = 1
+            seq.block_table.append(block)
+        return True
+
+    def register(self, seq: Sequence) -> None:
+        """Key every block that is now fully computed, so later prompts can reuse it."""
+        if not self.enable_prefix_caching:
+            return
+        bs, tokens = self.block_size, seq.all_token_ids
+        while len(seq.block_hashes) < seq.num_computed // bs:
+            i = len(seq.block_hashes)
+            key = block_key(seq.block_hashes[-1] if seq.block_hashes else None, tokens[i * bs: (i + 1) * bs])
+            seq.block_hashes.append(key)
+            block = seq.block_table[i]
+            if key not in self.cached:
+                self.cached[key] = block
+                self.key[block] = key
+
+    def release(self, seq: Sequence) -> None:
+        # Tail blocks are freed first so they are evicted before the shared prefix blocks.
+        for block in reversed(seq.block_table):
+            self.ref[block] -= 1
+            if self.ref[block] == 0:
+                self.free[block] = None
+        seq.block_table, seq.block_hashes = [], []
