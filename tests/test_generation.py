@@ -139,6 +139,23 @@ def test_continuous_batching_and_chunked_prefill_match_plain_runs(folder, llm):
     expected = [llm.generate(p, GREEDY)[0].token_ids for p in prompts]
     small = LLM(str(folder), dtype="float32", max_num_seqs=2, max_num_batched_tokens=8)
     assert [o.token_ids for o in small.generate(prompts, GREEDY)] == expected
+    # A pool of 6 blocks x 16 tokens cannot hold all five at once: preemption and recompute.
+    per_token = 2 * 2 * 2 * 16 * 4  # k+v, layers, kv heads, head_dim, fp32
+    tight = LLM(str(folder), dtype="float32", kv_cache_memory_gb=6 * 16 * per_token / 2**30)
+    assert [o.token_ids for o in tight.generate(prompts, GREEDY)] == expected
+    assert tight.engine.scheduler.num_preemptions > 0
+
+
+def test_prefix_cache_hits_do_not_change_outputs(folder, llm):
+    shared = "You are a helpful assistant. " * 8
+    prompts = [shared + "Question one?", shared + "Question two?"]
+    expected = [llm.generate(p, GREEDY)[0].token_ids for p in prompts]
+    fresh = LLM(str(folder), dtype="float32")
+    got = [fresh.generate(p, GREEDY)[0].token_ids for p in prompts]  # the second reuses the first's blocks
+    assert got == expected and fresh.engine.blocks.hit_tokens >= 48
+    off = LLM(str(folder), dtype="float32", enable_prefix_caching=False)
+    assert [off.generate(p, GREEDY)[0].token_ids for p in prompts] == expected
+    assert off.engine.blocks.hit_tokens == 0
 
 
 def test_generation_config_defaults_and_eos(folder, llm, tmp_path):
