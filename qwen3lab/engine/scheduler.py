@@ -87,6 +87,7 @@ class Scheduler:
                 break
             self.waiting.popleft()
             seq.status = Status.RUNNING
+            seq.num_cached_tokens = max(seq.num_cached_tokens, seq.num_computed)
             self.running.append(seq)
             seqs.append(seq)
             counts.append(n)

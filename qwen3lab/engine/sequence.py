@@ -37,6 +37,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)  # KV-cache blocks, in position order
     block_hashes: list[bytes] = field(default_factory=list)  # prefix-cache keys of the full blocks
     num_computed: int = 0
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at admission
     text: str = ""  # output text emitted so far (stop strings already cut)
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     stop_reason: int | str | None = None  # the stop token id or string that ended it
