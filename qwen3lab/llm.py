@@ -47,7 +47,8 @@ class ChatResult:
 class LLM:
     def __init__(self, model: str | Path | None = None, dtype: str | torch.dtype = "auto", device: str = "cpu",
                  max_num_seqs: int = 16, max_model_len: int | None = None, max_num_batched_tokens: int = 512,
-                 kv_cache_memory_gb: float = 4.0, enable_prefix_caching: bool = True):
+                 kv_cache_memory_gb: float = 4.0, enable_prefix_caching: bool = True,
+                 lora: str | Path | None = None):
         if model is None:
             from .weights.default_model import smollm2_gguf_path
 
@@ -66,6 +67,10 @@ class LLM:
         ckpt = load_checkpoint(model, self.dtype, self.device)
         self.model, self.config, self.tokenizer = ckpt.model, ckpt.config, ckpt.tokenizer
         self.generation_defaults, self.model_path = ckpt.generation, ckpt.path
+        if lora is not None:  # a PEFT-format adapter folder, applied as a module swap
+            from .lora import load_adapter
+
+            load_adapter(self.model, lora, dropout=0.0).eval()
         settings = EngineSettings(max_num_seqs, max_num_batched_tokens, max_model_len, kv_cache_memory_gb,
                                   enable_prefix_caching=enable_prefix_caching)
         self.engine = LLMEngine(self.model, self.tokenizer, self.generation_defaults, settings, self.dtype, self.device)

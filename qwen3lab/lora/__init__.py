@@ -1,0 +1,8 @@
+"""LoRA adapters as a module swap: apply, merge, disable, and PEFT-format save/load."""
+
+from .apply import DEFAULT_TARGETS, apply_lora, lora_disabled, lora_layers, merge_lora
+from .layer import LoRALinear
+from .peft_io import load_adapter, save_adapter
+
+__all__ = ["DEFAULT_TARGETS", "LoRALinear", "apply_lora", "lora_disabled", "lora_layers", "load_adapter",
+           "merge_lora", "save_adapter"]
