@@ -48,13 +48,20 @@ class LLM:
     def __init__(self, model: str | Path | None = None, dtype: str | torch.dtype = "auto", device: str = "cpu",
                  max_num_seqs: int = 16, max_model_len: int | None = None, max_num_batched_tokens: int = 512,
                  kv_cache_memory_gb: float = 4.0, enable_prefix_caching: bool = True,
-                 lora: str | Path | None = None):
+                 lora: str | Path | None = None,
+                 quantization: str | None = None, quantization_group_size: int | None = None):
+        """``quantization``: "int8" or "int4" weight-only quantization of every linear layer and the head
+        (see qwen3lab/quant); ``quantization_group_size``: int4 group (32, 64, 128 or 256)."""
         if model is None:
             from .weights.default_model import smollm2_gguf_path
 
             model = smollm2_gguf_path()
         if isinstance(dtype, str) and dtype not in (*DTYPES, "auto"):
             resolve_dtype(dtype)  # raises the clear error before any loading work
+        if quantization is not None:
+            from .quant.apply import check_mode
+
+            check_mode(quantization, quantization_group_size)  # a bad mode fails before any loading work
         self.device = torch.device(device)
         # The dtype follows the checkpoint when "auto"; read cheaply before the weights.
         cfg_dtype = None
@@ -71,6 +78,10 @@ class LLM:
             from .lora import load_adapter
 
             load_adapter(self.model, lora, dropout=0.0).eval()
+        if quantization is not None:  # a module swap after loading, before the engine sizes its cache
+            from .quant.apply import ensure_quantized
+
+            ensure_quantized(self.model, quantization, quantization_group_size)
         settings = EngineSettings(max_num_seqs, max_num_batched_tokens, max_model_len, kv_cache_memory_gb,
                                   enable_prefix_caching=enable_prefix_caching)
         self.engine = LLMEngine(self.model, self.tokenizer, self.generation_defaults, settings, self.dtype, self.device)

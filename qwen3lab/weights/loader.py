@@ -39,9 +39,15 @@ def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 def build_model(config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor, str]], dtype: torch.dtype,
-                device: str | torch.device = "cpu", total: int | None = None) -> CausalLM:
+                device: str | torch.device = "cpu", total: int | None = None,
+                quantization: dict | None = None) -> CausalLM:
+    """``quantization``: the ``quantization_config`` section of a checkpoint written by ``qwen3lab quantize``."""
     with torch.device("meta"):
         model = CausalLM(config)
+        if quantization is not None:  # quantized layers are built empty and filled like float ones
+            from ..quant import convert_for_loading
+
+            convert_for_loading(model, quantization, config.source)
     expected = {name: p.shape for name, p in model.named_parameters()}
     loaded: set[str] = set()
     for name, tensor, source in tqdm(tensors, total=total, desc="loading weights", unit="tensor",
@@ -54,7 +60,8 @@ def build_model(config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor, 
         if tuple(tensor.shape) != tuple(expected[name]):
             raise ValueError(f"{source}: tensor '{name}' has shape {tuple(tensor.shape)}, expected "
                              f"{tuple(expected[name])} from {config.source}")
-        _set_tensor(model, name, tensor.to(device=device, dtype=dtype))
+        # Integer tensors are quantized weights: they keep their dtype.
+        _set_tensor(model, name, tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None))
         loaded.add(name)
     needed = set(expected) - ({"lm_head.weight"} if config.tie_word_embeddings else set())
     missing = sorted(needed - loaded)
@@ -62,6 +69,10 @@ def build_model(config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor, 
         raise ValueError(f"checkpoint is missing {len(missing)} tensor(s), e.g. {missing[:4]}; "
                          f"expected by {config.source}")
     model.tie_weights()
+    if quantization is not None:
+        from ..quant import finish_loading
+
+        finish_loading(model)
     model.rotary_emb.to(device)
     return model.eval()
 
@@ -78,7 +89,8 @@ def load_checkpoint(model: str | Path, dtype: torch.dtype = torch.bfloat16,
     raw = read_json(path / "config.json", what="model config")
     generation = GenerationDefaults.from_dir(path)
     tokenizer = Tokenizer.from_dir(path)
-    net = build_model(config, iter_safetensors(path), dtype, device, total=_count_tensors(path, raw))
+    net = build_model(config, iter_safetensors(path), dtype, device, total=_count_tensors(path, raw),
+                      quantization=raw.get("quantization_config"))
     return Checkpoint(net, config, tokenizer, generation, path)
 
 

@@ -1,0 +1,75 @@
+"""`qwen3lab eval-ppl`: perplexity of a model on the shipped corpus (or a given text file).
+
+Owns: the command's options and printing; the measurement is ``qwen3lab.quant.quality.perplexity``.
+Used to compare a float model with its int8 / int4 quantized versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .common import DEFAULT_NOTE, HelpFormatter, add_model_args
+
+EPILOG = """\
+examples:
+  qwen3lab eval-ppl                                   # embedded SmolLM2-135M-Instruct, bf16
+  qwen3lab eval-ppl --quantization int4 --group-size 32
+  qwen3lab eval-ppl --model Qwen/Qwen3-4B --quantization int8 --json
+  qwen3lab eval-ppl --model ./Qwen3-4B-int4           # a folder written by `qwen3lab quantize`
+
+The corpus is qwen3lab/data/ppl_corpus.txt (~4.3k words: prose, facts, code, dialogue). Each window of
+--window tokens scores the tokens the previous window did not, so each token has at least
+--window minus --stride tokens of context.
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval-ppl", help="perplexity on a fixed text, e.g. to compare quantization modes",
+                       description="Measure perplexity with a sliding window over a fixed text corpus.",
+                       epilog=EPILOG, formatter_class=HelpFormatter)
+    add_model_args(p)
+    g = p.add_argument_group("quantization")
+    g.add_argument("--quantization", "-q", choices=("int8", "int4"), default=None,
+                   help="quantize the weights after loading (default: none)")
+    g.add_argument("--group-size", type=int, default=None, metavar="G", help="int4 group size (default 64)")
+    e = p.add_argument_group("evaluation")
+    e.add_argument("--text", metavar="FILE", default=None, help="text file to score (default: the shipped corpus)")
+    e.add_argument("--window", type=int, default=512, metavar="N", help="tokens per window (default: 512)")
+    e.add_argument("--stride", type=int, default=256, metavar="N", help="new tokens per window (default: 256)")
+    e.add_argument("--max-tokens", type=int, default=None, metavar="N", help="score only the first N tokens")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from ..llm import LLM
+    from ..quant.apply import check_mode
+    from ..quant.quality import corpus_text, perplexity
+
+    if args.quantization is not None:
+        check_mode(args.quantization, args.group_size)
+    elif args.group_size is not None:
+        raise ValueError("--group-size needs --quantization int4")
+    text = corpus_text(args.text)  # fail on a bad path before loading
+    if args.model is None:
+        print(DEFAULT_NOTE, file=sys.stderr)
+    llm = LLM(model=args.model, dtype=args.dtype, device=args.device, kv_cache_memory_gb=0.05,
+              quantization=args.quantization, quantization_group_size=args.group_size)
+    res = perplexity(llm, text, args.window, args.stride, args.max_tokens)
+    q = getattr(llm.model, "quantization", None)
+    facts = {"model": str(llm.model_path), "dtype": str(llm.dtype).removeprefix("torch."),
+             "quantization": q["mode"] if q else None, "group_size": q["group_size"] if q else None,
+             **asdict(res)}
+    if args.json:
+        print(json.dumps(facts))
+    else:
+        mode = facts["quantization"] or "none"
+        if facts["group_size"]:
+            mode += f" (group size {facts['group_size']})"
+        print(f"perplexity {res.perplexity:.4f}  (nll {res.nll:.4f} over {res.tokens} tokens, {res.windows} "
+              f"windows; {facts['dtype']}, quantization {mode})")
+    return 0

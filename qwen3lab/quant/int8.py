@@ -1,0 +1,68 @@
+"""Weight-only int8: symmetric, one scale per output channel.
+
+Owns: turning a float weight [N, K] into int8 values plus scales [N], and ``Int8Linear``, the
+drop-in replacement for ``nn.Linear`` that multiplies by them. On the CPU the product runs in
+``aten._weight_int8pack_mm`` (int8 weight read directly, no float copy); elsewhere the weight is
+dequantized per call, which is correct everywhere but saves memory, not time.
+
+State (what a quantized checkpoint stores, HF-style names):
+  ``<module>.weight``        int8 [out_features, in_features]
+  ``<module>.weight_scale``  [out_features], the model's float dtype; w ~= weight * weight_scale[:, None]
+  ``<module>.bias``          as in the float model, when the layer has one
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def quantize_int8(weight: torch.Tensor, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """float [N, K] -> (int8 [N, K], scales [N] in scale_dtype)."""
+    w = weight.detach().float()
+    # Round the scale to the dtype it is used in first, so that q is chosen for the scale the kernel sees.
+    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-8).to(scale_dtype)
+    q = torch.round(w / scale.float()[:, None]).clamp(-128, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return q.float() * scale.float()[:, None]
+
+
+class Int8Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False,
+                 dtype: torch.dtype = torch.bfloat16, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        # Parameters (not buffers) so the loader's shape checks and placement treat them like float weights.
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=torch.int8, device=device),
+                                   requires_grad=False)
+        self.weight_scale = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device),
+                                 requires_grad=False) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, weight: torch.Tensor | None = None) -> "Int8Linear":
+        """Quantize ``linear`` (or ``weight``, e.g. a tied embedding matrix, with linear's bias)."""
+        w = linear.weight if weight is None else weight
+        mod = cls(w.shape[1], w.shape[0], linear.bias is not None, w.dtype, w.device)
+        q, scale = quantize_int8(w, w.dtype)
+        mod.weight.data, mod.weight_scale.data = q, scale
+        if linear.bias is not None:
+            mod.bias.data = linear.bias.detach().clone()
+        return mod
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16):
+            # The kernel wants 2-D input and scales in the activation dtype.
+            out = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).contiguous(), self.weight,
+                                                     self.weight_scale.to(x.dtype))
+            out = out.reshape(*x.shape[:-1], self.out_features)
+            return out if self.bias is None else out + self.bias
+        w = self.weight.to(x.dtype) * self.weight_scale.to(x.dtype)[:, None]
+        return F.linear(x, w, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
