@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from . import chat, convert, eval_ppl, generate, info, quantize
+from . import chat, convert, eval_ppl, generate, info, quantize, serve
 from .common import HelpFormatter
 
 EPILOG = """\
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"qwen3lab {__version__}")
     sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
-    for module in (generate, chat, info, quantize, eval_ppl, convert):
+    for module in (generate, chat, info, quantize, eval_ppl, convert, serve):
         module.add_parser(sub)
     return parser
 

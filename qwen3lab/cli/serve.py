@@ -1,0 +1,77 @@
+"""`qwen3lab serve`: run the OpenAI-compatible HTTP server and the browser chat page with uvicorn.
+
+Owns: the server's command-line options and turning them into `LLM` and `ServerConfig`.
+Leaves out: the server itself (`qwen3lab.serve`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import DEFAULT_NOTE, HelpFormatter, add_model_args
+
+EPILOG = """\
+examples:
+  qwen3lab serve                                   # embedded SmolLM2 on http://127.0.0.1:8000
+  qwen3lab serve --model Qwen/Qwen3-4B --port 8000 --api-key secret
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+       -d '{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 64}'
+
+Open http://127.0.0.1:8000/ in a browser for the chat page. Endpoints: /v1/chat/completions,
+/v1/completions, /v1/models, /health, /metrics (Prometheus). Unset sampling fields follow the
+checkpoint's generation_config.json, like `qwen3lab generate`.
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server (and a chat page at /)",
+                       description="Serve a model over an OpenAI-compatible HTTP API with continuous batching.",
+                       epilog=EPILOG, formatter_class=HelpFormatter)
+    add_model_args(p)
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    g.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
+    g.add_argument("--api-key", default=None, metavar="K",
+                   help="require 'Authorization: Bearer K' on /v1/* (default: no key)")
+    g.add_argument("--served-model-name", action="append", default=None, metavar="NAME",
+                   help="model name(s) clients use (default: the --model value's last path part)")
+    g.add_argument("--max-tokens-limit", type=int, default=None, metavar="N",
+                   help="largest max_tokens a request may ask for; also the default (default: the context)")
+    g.add_argument("--max-body-mb", type=float, default=8.0, metavar="MB",
+                   help="largest request body accepted (default: %(default)s)")
+    g.add_argument("--max-waiting", type=int, default=256, metavar="N",
+                   help="waiting sequences before new requests get 503 (default: %(default)s)")
+    g.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    e = p.add_argument_group("engine")
+    e.add_argument("--max-num-seqs", type=int, default=16, metavar="N", help="sequences per batch (default: 16)")
+    e.add_argument("--max-model-len", type=int, default=None, metavar="N",
+                   help="context window (default: the checkpoint's max_position_embeddings)")
+    e.add_argument("--max-num-batched-tokens", type=int, default=512, metavar="N",
+                   help="tokens per engine step (default: 512)")
+    e.add_argument("--kv-cache-memory-gb", type=float, default=4.0, metavar="GB",
+                   help="KV-cache pool size (default: 4)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..llm import LLM
+    from ..serve import ServerConfig, build_app
+
+    for name in ("port", "max_num_seqs", "max_waiting"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.model is None:
+        print(DEFAULT_NOTE, file=sys.stderr)
+    llm = LLM(model=args.model, dtype=args.dtype, device=args.device, max_num_seqs=args.max_num_seqs,
+              max_model_len=args.max_model_len, max_num_batched_tokens=args.max_num_batched_tokens,
+              kv_cache_memory_gb=args.kv_cache_memory_gb)
+    names = args.served_model_name or [Path(str(args.model or llm.model_path)).name.removesuffix(".gguf")]
+    config = ServerConfig(served_model_names=names, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
+                          max_body_bytes=int(args.max_body_mb * 2**20), max_waiting=args.max_waiting)
+    print(f"qwen3lab: serving {names[0]} on http://{args.host}:{args.port}/ (chat page at /)", file=sys.stderr)
+    uvicorn.run(build_app(llm, config), host=args.host, port=args.port, log_level=args.log_level)
+    return 0

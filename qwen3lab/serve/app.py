@@ -1,0 +1,123 @@
+"""The FastAPI application: routes, API-key check, body-size limit, errors in the OpenAI shape.
+
+Owns: wiring (``build_app``), the lifespan that starts and stops the engine driver, and the rule
+that every failure, including validation errors and unknown paths, answers
+``{"error": {"message", "type", "param", "code"}}`` with its status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .errors import APIError
+from .routes import chat, completions, system
+from .state import ServerConfig, ServerState
+
+log = logging.getLogger("qwen3lab.serve")
+
+
+async def _send_error(send, error: APIError) -> None:
+    body = json.dumps(error.body()).encode()
+    await send({"type": "http.response.start", "status": error.status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class GateMiddleware:
+    """API key on ``/v1/*`` and a cap on request bodies, checked before any route runs (plain ASGI).
+
+    The body is read here, up to the cap, and replayed to the app; later ``receive`` calls pass
+    through so that the routes still see the client's disconnect.
+    """
+
+    def __init__(self, app, config: ServerConfig):
+        self.app, self.config = app, config
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.config.api_key and scope["path"].startswith("/v1"):
+            headers = dict(scope["headers"])
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            given = auth[7:] if auth.lower().startswith("bearer ") else headers.get(b"x-api-key", b"").decode("latin-1")
+            if not hmac.compare_digest(given.encode(), self.config.api_key.encode()):
+                return await _send_error(send, APIError(401, "Incorrect or missing API key: send the header "
+                                                             "'Authorization: Bearer <key>'", code="invalid_api_key"))
+        limit = self.config.max_body_bytes
+        too_big = APIError(413, f"request body is larger than this server's limit of {limit} bytes",
+                           code="request_too_large")
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await _send_error(send, too_big)
+        chunks, size = [], 0
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client left before sending its body
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                if size > limit:
+                    return await _send_error(send, too_big)
+                if not message.get("more_body"):
+                    break
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}] if chunks else []
+
+        async def replayed_receive():
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replayed_receive, send)
+
+
+def _validation_error(_: Request, exc: RequestValidationError):
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return APIError(400, "the request body is not valid JSON").response()
+    # Unions (prompt: str | list[...]) report one error per branch; name each field once.
+    fields: dict[str, str] = {}
+    for e in errors:
+        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        fields.setdefault(loc[0] if loc else "body", f"{'.'.join(loc) or 'body'}: {e.get('msg')}")
+    param = next(iter(fields), None)
+    return APIError(400, "invalid request: " + "; ".join(fields.values()), param).response()
+
+
+def _http_error(_: Request, exc: StarletteHTTPException):
+    return APIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None).response()
+
+
+def _unexpected(request: Request, exc: Exception):
+    log.exception("unhandled error on %s", request.url.path)
+    return APIError(500, f"internal error: {type(exc).__name__}: {exc}").response()
+
+
+def build_app(llm, config: ServerConfig | None = None) -> FastAPI:
+    """The app over an ``LLM``; its engine is driven by a background thread while the app runs."""
+    config = config or ServerConfig()
+    state = ServerState(llm, config)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        state.driver.start()
+        try:
+            yield
+        finally:
+            state.driver.stop()
+
+    app = FastAPI(title="qwen3lab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.qwen3lab = state
+    for module in (chat, completions, system):
+        app.include_router(module.router)
+    app.add_exception_handler(APIError, lambda _r, e: e.response())
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(GateMiddleware, config=config)
+    return app

@@ -1,0 +1,102 @@
+"""Request bodies of the OpenAI-compatible API as pydantic models, and their mapping to SamplingParams.
+
+Owns: which fields each endpoint accepts (OpenAI's names plus vLLM's extras: top_k, min_p,
+repetition_penalty, ...) and the translation into ``SamplingParams``. Unknown fields are ignored,
+as OpenAI clients send more than we use. Responses are plain dicts built by the routes.
+Value checks stay in ``SamplingParams`` so that the Python API and the server agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from ..sampling import SamplingParams
+from .errors import bad_request
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    n: int = 1
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def sampling_params(self, max_tokens: int | None, logprobs: int | None,
+                        max_tokens_limit: int | None) -> SamplingParams:
+        """SamplingParams for this request; raises APIError 400 naming the bad field."""
+        if max_tokens is not None and max_tokens_limit is not None and max_tokens > max_tokens_limit:
+            raise bad_request(f"max_tokens is {max_tokens}, above this server's limit of {max_tokens_limit} "
+                              "(--max-tokens-limit)", "max_tokens")
+        if max_tokens is None:
+            max_tokens = max_tokens_limit
+        try:
+            return SamplingParams(
+                n=self.n, max_tokens=max_tokens, min_tokens=self.min_tokens, temperature=self.temperature,
+                top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+                repetition_penalty=self.repetition_penalty,
+                presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
+                seed=self.seed, stop=self.stop, stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
+                logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
+                include_stop_str_in_output=self.include_stop_str_in_output)
+        except ValueError as e:  # "SamplingParams.temperature must be ..." -> param "temperature"
+            field = str(e).split(".", 1)[1].split(" ", 1)[0] if str(e).startswith("SamplingParams.") else None
+            raise bad_request(str(e).removeprefix("SamplingParams."), field) from None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    def to_sampling_params(self, max_tokens_limit: int | None) -> SamplingParams:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise bad_request("top_logprobs needs logprobs: true", "top_logprobs")
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return self.sampling_params(self.max_completion_tokens or self.max_tokens, logprobs, max_tokens_limit)
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = None
+    echo: bool = False
+    suffix: str | None = None
+
+    def to_sampling_params(self, max_tokens_limit: int | None) -> SamplingParams:
+        if self.echo:
+            raise bad_request("echo is not supported", "echo")
+        if self.suffix:
+            raise bad_request("suffix is not supported", "suffix")
+        # OpenAI's legacy default is 16 tokens; keep it so plain clients get a short completion.
+        return self.sampling_params(self.max_tokens if self.max_tokens is not None else 16, self.logprobs,
+                                    max_tokens_limit)

@@ -1,0 +1,42 @@
+"""``GET /v1/models``, ``/health``, ``/metrics`` and the browser chat page at ``/``."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse
+
+from ..state import get_state
+
+router = APIRouter()
+_STARTED = int(time.time())
+
+
+@router.get("/v1/models")
+async def models(request: Request):
+    state = get_state(request)
+    return {"object": "list", "data": [
+        {"id": name, "object": "model", "created": _STARTED, "owned_by": "qwen3lab",
+         "root": str(state.llm.model_path), "max_model_len": state.llm.engine.max_model_len}
+        for name in state.config.served_model_names]}
+
+
+@router.get("/health")
+async def health(request: Request):
+    state = get_state(request)
+    alive = state.driver.alive
+    return PlainTextResponse("ok" if alive else "engine thread stopped", status_code=200 if alive else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request):
+    state = get_state(request)
+    return PlainTextResponse(state.metrics.render(state.llm.engine),
+                             media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@router.get("/", response_class=HTMLResponse)
+async def chat_page():
+    return HTMLResponse(resources.files("qwen3lab.serve").joinpath("static/chat.html").read_text("utf-8"))

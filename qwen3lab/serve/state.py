@@ -1,0 +1,42 @@
+"""Server settings and the objects the routes share: the LLM, the engine driver, the metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from .driver import EngineDriver
+from .errors import APIError
+from .metrics import Metrics
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    served_model_names: list[str] = field(default_factory=lambda: ["qwen3lab"])
+    api_key: str | None = None
+    max_tokens_limit: int | None = None  # None: up to the context window
+    max_body_bytes: int = 8 * 2**20
+    max_waiting: int = 256  # sequences in the waiting queue before new requests get 503
+
+
+class ServerState:
+    def __init__(self, llm, config: ServerConfig):
+        self.llm, self.config = llm, config
+        self.metrics = Metrics(config.served_model_names[0])
+        self.driver = EngineDriver(llm.engine, self.metrics, config.max_waiting)
+
+    @property
+    def model_name(self) -> str:
+        return self.config.served_model_names[0]
+
+    def check_model(self, name: str | None) -> str:
+        """The name to answer with; 404 in OpenAI's shape for a model this server does not serve."""
+        if name is None or name in self.config.served_model_names:
+            return name or self.model_name
+        raise APIError(404, f"The model `{name}` does not exist. This server serves "
+                            f"{', '.join(self.config.served_model_names)}.", "model", "model_not_found")
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.qwen3lab
