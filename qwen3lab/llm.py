@@ -96,7 +96,8 @@ class LLM:
 
     def generate(self, prompts: str | list[int] | list[str] | list[list[int]],
                  sampling_params: SamplingParams | list[SamplingParams] | None = None,
-                 use_tqdm: bool = False) -> list[RequestOutput]:
+                 use_tqdm: bool = False, constraint_factory=None) -> list[RequestOutput]:
+        """``constraint_factory`` (see ``qwen3lab.structured``) constrains every sample of every prompt."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params = sampling_params or SamplingParams()
@@ -106,12 +107,12 @@ class LLM:
         ids = []
         for prompt, p in zip(prompts, params_list):
             tokens, text = self._encode(prompt)
-            ids.append(self.engine.add_request(tokens, p, prompt=text))
+            ids.append(self.engine.add_request(tokens, p, prompt=text, constraint_factory=constraint_factory))
         bar = tqdm(total=len(ids), desc="generating", unit="req", disable=not use_tqdm)
         done = set()
         while self.engine.has_unfinished():
             for d in self.engine.step():
-                if d.finished and d.request_id not in done and self.engine.collect(d.request_id).finished:
+                if d.finished and d.request_id not in done and self.engine.is_finished(d.request_id):
                     done.add(d.request_id)
                     bar.update(1)
         bar.close()
@@ -122,7 +123,7 @@ class LLM:
         tokens, text = self._encode(prompt)
         rid = self.engine.add_request(tokens, sampling_params or SamplingParams(), prompt=text)
         try:
-            while not self.engine.collect(rid).finished:
+            while not self.engine.is_finished(rid):
                 for d in self.engine.step():
                     if d.request_id == rid:
                         yield d
@@ -142,13 +143,20 @@ class LLM:
 
     def chat(self, messages: list[dict] | list[list[dict]], tools: list[dict] | None = None,
              enable_thinking: bool | None = None, sampling: SamplingParams | None = None,
+             response_format: dict | None = None, tool_choice=None,
              **template_kwargs) -> ChatResult | list[ChatResult]:
+        """``response_format`` / ``tool_choice`` take OpenAI's shapes and constrain the answer to JSON
+        or to tool calls (``qwen3lab.structured``); reasoning stays free."""
+        from .structured import constraint_for_request  # lazily: llguidance loads only when used
+
         single = bool(messages) and isinstance(messages[0], dict)
         conversations = [messages] if single else messages
+        thinking = self.thinking_enabled(enable_thinking)
+        factory = constraint_for_request(self.tokenizer, response_format=response_format, tools=tools,
+                                         tool_choice=tool_choice, thinking=thinking)
         prompts = [self.tokenizer.encode(self.render_chat(m, tools, enable_thinking, **template_kwargs),
                                          add_special_tokens=False) for m in conversations]
-        outs = self.generate(prompts, sampling)
-        thinking = self.thinking_enabled(enable_thinking)
+        outs = self.generate(prompts, sampling, constraint_factory=factory)
         results = []
         for out in outs:
             parsed = parse_output(out.text, thinking=thinking)
