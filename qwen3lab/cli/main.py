@@ -12,6 +12,7 @@ import os
 import sys
 
 from . import chat, convert, eval_ppl, generate, info, quantize, serve
+from . import sft as sft_cmd
 from .common import HelpFormatter
 
 EPILOG = """\
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"qwen3lab {__version__}")
     sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
-    for module in (generate, chat, info, quantize, eval_ppl, convert, serve):
+    for module in (generate, chat, info, quantize, eval_ppl, convert, serve, sft_cmd):
         module.add_parser(sub)
     return parser
 

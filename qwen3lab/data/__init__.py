@@ -1,0 +1,1 @@
+"""Synthetic task generators for fine-tuning demos and reports (seeded, no downloads)."""
