@@ -48,7 +48,7 @@ class LLM:
     def __init__(self, model: str | Path | None = None, dtype: str | torch.dtype = "auto", device: str = "cpu",
                  max_num_seqs: int = 16, max_model_len: int | None = None, max_num_batched_tokens: int = 512,
                  kv_cache_memory_gb: float = 4.0, enable_prefix_caching: bool = True,
-                 lora: str | Path | None = None,
+                 lora: str | Path | None = None, speculative: dict | None = None,
                  quantization: str | None = None, quantization_group_size: int | None = None):
         """``quantization``: "int8" or "int4" weight-only quantization of every linear layer and the head
         (see qwen3lab/quant); ``quantization_group_size``: int4 group (32, 64, 128 or 256)."""
@@ -84,7 +84,14 @@ class LLM:
             ensure_quantized(self.model, quantization, quantization_group_size)
         settings = EngineSettings(max_num_seqs, max_num_batched_tokens, max_model_len, kv_cache_memory_gb,
                                   enable_prefix_caching=enable_prefix_caching)
-        self.engine = LLMEngine(self.model, self.tokenizer, self.generation_defaults, settings, self.dtype, self.device)
+        drafter = None
+        if speculative:  # {"method": "ngram"|"draft"|"eagle3", "model": ..., "num_tokens": k}
+            from .spec import make_drafter
+
+            drafter = make_drafter(speculative, self.model, max_model_len or self.config.max_position_embeddings,
+                                   max_num_seqs, self.dtype, self.device)
+        self.engine = LLMEngine(self.model, self.tokenizer, self.generation_defaults, settings, self.dtype,
+                                self.device, drafter=drafter)
 
     # -- prompts ---------------------------------------------------------------------------
     def _encode(self, prompt: str | list[int]) -> tuple[list[int], str | None]:

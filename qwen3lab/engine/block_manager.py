@@ -92,7 +92,8 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         bs, tokens = self.block_size, seq.all_token_ids
-        while len(seq.block_hashes) < seq.num_computed // bs:
+        # Draft tokens may be computed past the known tokens; only known tokens are keyed.
+        while len(seq.block_hashes) < min(seq.num_computed, len(tokens)) // bs:
             i = len(seq.block_hashes)
             key = block_key(seq.block_hashes[-1] if seq.block_hashes else None, tokens[i * bs: (i + 1) * bs])
             seq.block_hashes.append(key)

@@ -15,6 +15,7 @@ import torch
 
 from ..config import GenerationDefaults
 from ..sampling import SamplingParams, sample
+from ..spec import verify
 from ..tokenizer.incremental import IncrementalDetokenizer
 from .block_manager import BlockManager
 from .kv_cache import PagedKVCache, bytes_per_block
@@ -38,7 +39,7 @@ class EngineSettings:
 
 class LLMEngine:
     def __init__(self, model, tokenizer, generation: GenerationDefaults, settings: EngineSettings,
-                 dtype: torch.dtype, device="cpu"):
+                 dtype: torch.dtype, device="cpu", drafter=None):
         self.tokenizer, self.generation, self.settings = tokenizer, generation, settings
         cfg = model.config
         self.max_model_len = settings.max_model_len or cfg.max_position_embeddings
@@ -54,6 +55,8 @@ class LLMEngine:
         self.blocks = BlockManager(num_blocks, bs, settings.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, settings.max_num_seqs, settings.max_num_batched_tokens)
         self.runner = ModelRunner(model, self.cache, device)
+        self.drafter = drafter
+        self.spec_stats = {"steps": 0, "drafted": 0, "accepted": 0}  # totals, for metrics
         eos = set(generation.eos_token_ids) | set(cfg.eos_token_ids)
         if tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
@@ -97,32 +100,105 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
+    def is_finished(self, request_id: str) -> bool:
+        return all(s.is_finished for s in self.requests[request_id])
+
     def abort(self, request_id: str) -> None:
         for s in self.requests.get(request_id, []):
             if not s.is_finished:
                 s.finish("abort")
-                self.scheduler.release(s)
+                self._release(s)
+
+    def _release(self, seq: Sequence) -> None:
+        self.scheduler.release(seq)
+        if self.drafter is not None:
+            self.drafter.release(seq)
+
+    def _draft(self) -> None:
+        """Ask the drafter for tokens for every decoding sequence, within its token and context budget."""
+        seqs, budgets = [], []
+        for s in self.scheduler.running:
+            if s.in_prefill or s.constraint is not None:
+                continue
+            k = min(self.drafter.num_tokens, s.max_tokens - len(s.output_token_ids) - 1,
+                    self.max_model_len - s.num_tokens - 1)
+            if k > 0:
+                seqs.append(s)
+                budgets.append(k)
+        if seqs:
+            self.drafter.propose(seqs, budgets)
 
     def step(self) -> list[StreamDelta]:
+        if self.drafter is not None:
+            self._draft()
         batch = self.scheduler.schedule()
         if batch is None:
             if self.scheduler.has_unfinished():
                 raise RuntimeError("scheduler made no progress with requests pending (KV pool too small?)")
             return []
-        rows, logits = self.runner.run(batch)
+        rows, logits, widths = self.runner.run(batch)
         self.scheduler.step_done(batch)
-        if not rows:
-            return []
-        seqs = [batch.seqs[i] for i in rows]
+        deltas: list[StreamDelta] = []
+        plain, plain_logits, offset = [], [], 0
+        for i, m in zip(rows, widths):
+            seq = batch.seqs[i]
+            if m == 1:
+                plain.append(seq)
+                plain_logits.append(logits[offset])
+            else:
+                deltas.extend(self._verify(seq, logits[offset: offset + m]))
+            offset += m
+        for s in batch.seqs:  # drafts are consumed by this step whether or not the row sampled
+            s.spec_tokens, s.spec_probs = [], None
+        if plain:
+            deltas.extend(self._sample(plain, torch.stack(plain_logits)))
+        return deltas
+
+    def _banned(self, s: Sequence) -> list[int] | None:
+        return sorted(self.eos_token_ids | set(s.params.stop_token_ids)) \
+            if len(s.output_token_ids) < s.params.min_tokens else None
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[StreamDelta]:
         for r, s in enumerate(seqs):
             mask = s.constraint.allowed_tokens(logits.shape[1]) if s.constraint is not None else None
             if mask is not None:
                 logits[r].masked_fill_(~mask, float("-inf"))
-        banned = [sorted(self.eos_token_ids | set(s.params.stop_token_ids))
-                  if len(s.output_token_ids) < s.params.min_tokens else None for s in seqs]
         result = sample(logits, [s.params for s in seqs], [s.prompt_token_ids for s in seqs],
-                        [s.output_token_ids for s in seqs], [s.generator for s in seqs], banned)
+                        [s.output_token_ids for s in seqs], [s.generator for s in seqs],
+                        [self._banned(s) for s in seqs])
         return [self._append(s, t, lp) for s, t, lp in zip(seqs, result.tokens, result.logprobs)]
+
+    def _verify(self, seq: Sequence, logits: torch.Tensor) -> list[StreamDelta]:
+        """Accept a prefix of the drafts plus one target token; trim the cache to what was accepted."""
+        drafts = seq.spec_tokens
+        tokens, accepted = verify(logits, drafts, seq.spec_probs, seq.params, seq.prompt_token_ids,
+                                  seq.output_token_ids, seq.generator, self._banned(seq), seq.params.min_tokens)
+        seq.num_drafted += len(drafts)
+        seq.num_accepted += accepted
+        seq.num_spec_steps += 1
+        for key, value in (("steps", 1), ("drafted", len(drafts)), ("accepted", accepted)):
+            self.spec_stats[key] += value
+        seq.spec_tokens, seq.spec_probs = [], None
+        want_lp = seq.params.logprobs is not None
+        lps = logits[: len(tokens)].log_softmax(-1) if want_lp else None
+        deltas = []
+        for j, tok in enumerate(tokens):
+            lp = None
+            if want_lp:
+                lp = {tok: float(lps[j, tok])}
+                if seq.params.logprobs:
+                    vals, ids = lps[j].topk(seq.params.logprobs)
+                    for t, v in zip(ids.tolist(), vals.tolist()):
+                        lp.setdefault(t, v)
+            deltas.append(self._append(seq, tok, lp))
+            if seq.is_finished:
+                break
+        if not seq.is_finished:
+            # Keys past the accepted tokens are stale: the next step overwrites them.
+            seq.num_computed = seq.num_tokens - 1
+            if self.drafter is not None:
+                self.drafter.on_verified(seq, accepted)
+        return deltas
 
     def _append(self, seq: Sequence, token: int, logprob: dict[int, float] | None) -> StreamDelta:
         seq.output_token_ids.append(token)
@@ -143,7 +219,7 @@ class LLMEngine:
         text = self._stop_strings(seq, piece)
         seq.text += text
         if seq.is_finished:
-            self.scheduler.release(seq)
+            self._release(seq)
         return StreamDelta(seq.request_id, seq.index, text, [token], seq.is_finished, seq.finish_reason,
                            seq.stop_reason, [logprob] if logprob is not None else None)
 
@@ -172,7 +248,10 @@ class LLMEngine:
     def collect(self, request_id: str) -> RequestOutput:
         seqs = self.requests[request_id]
         outs = [CompletionOutput(s.index, s.text, list(s.output_token_ids), s.finish_reason, s.stop_reason,
-                                 s.logprobs if s.params.logprobs is not None else None) for s in seqs]
+                                 s.logprobs if s.params.logprobs is not None else None,
+                                 num_cached_tokens=s.num_cached_tokens,
+                                 spec_steps=s.num_spec_steps, spec_drafted=s.num_drafted,
+                                 spec_accepted=s.num_accepted) for s in seqs]
         return RequestOutput(request_id, self._prompts.get(request_id), seqs[0].prompt_token_ids, outs,
                              all(s.is_finished for s in seqs))
 

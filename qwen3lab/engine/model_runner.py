@@ -19,7 +19,7 @@ class ModelRunner:
     def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, AttentionMetadata]:
         ids: list[int] = []
         for s, n in zip(batch.seqs, batch.num_new_tokens):
-            ids.extend(s.all_token_ids[s.num_computed: s.num_computed + n])
+            ids.extend(s.feed_token_ids[s.num_computed: s.num_computed + n])
         meta = AttentionMetadata.build(
             batch.num_new_tokens, [s.num_computed + n for s, n in zip(batch.seqs, batch.num_new_tokens)],
             self.config.layer_types, self.config.sliding_window,
@@ -27,12 +27,18 @@ class ModelRunner:
         return torch.tensor(ids, device=self.device), meta
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> tuple[list[int], torch.Tensor]:
-        """Feed each row's new tokens; return (rows that sample, their logits [R, vocab] float32)."""
+    def run(self, batch: ScheduledBatch) -> tuple[list[int], torch.Tensor, list[int]]:
+        """Feed each row's new tokens.
+
+        Returns (rows that sample, their logits [sum(m), vocab] float32, m per row): m is 1, or
+        1 + the number of draft tokens, whose positions all need logits for verification.
+        """
         ids, meta = self.prepare(batch)
         hidden = self.model(ids, meta, self.cache)
         rows = [i for i in range(len(batch.seqs)) if batch.samples(i)]
         if not rows:
-            return [], torch.empty(0)
-        last = torch.tensor([meta.starts[i] + batch.num_new_tokens[i] - 1 for i in rows], device=self.device)
-        return rows, self.model.compute_logits(hidden[last]).cpu()
+            return [], torch.empty(0), []
+        widths = [1 + len(batch.seqs[i].spec_tokens) for i in rows]
+        index = [meta.starts[i] + batch.num_new_tokens[i] - m + j for i, m in zip(rows, widths) for j in range(m)]
+        logits = self.model.compute_logits(hidden[torch.tensor(index, device=self.device)]).cpu()
+        return rows, logits, widths

@@ -13,6 +13,15 @@ class CompletionOutput:
     finish_reason: str | None
     stop_reason: int | str | None = None
     logprobs: list[dict[int, float]] | None = None
+    num_cached_tokens: int = 0  # prompt tokens served by the prefix cache
+    spec_steps: int = 0  # speculative verification steps, drafts proposed and accepted
+    spec_drafted: int = 0
+    spec_accepted: int = 0
+
+    @property
+    def mean_accepted_length(self) -> float | None:
+        """Tokens emitted per verification step (accepted drafts + the target's own token)."""
+        return (self.spec_accepted + self.spec_steps) / self.spec_steps if self.spec_steps else None
 
     @property
     def cumulative_logprob(self) -> float | None:

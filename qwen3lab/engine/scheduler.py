@@ -24,7 +24,7 @@ class ScheduledBatch:
     def samples(self, i: int) -> bool:
         """Whether row i reaches the end of its known tokens, so its last logits pick the next one."""
         s = self.seqs[i]
-        return s.num_computed + self.num_new_tokens[i] == s.num_tokens
+        return s.num_computed + self.num_new_tokens[i] == s.num_tokens + len(s.spec_tokens)
 
 
 class Scheduler:
@@ -46,6 +46,7 @@ class Scheduler:
         self.running.remove(seq)
         self.blocks.release(seq)
         seq.num_computed, seq.status = 0, Status.WAITING
+        seq.spec_tokens, seq.spec_probs = [], None
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
@@ -53,19 +54,26 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         seqs: list[Sequence] = []
         counts: list[int] = []
-        # 1. Decodes of running sequences, preempting from the back when the pool is full.
+        # 1. Decodes of running sequences (with their draft tokens, if speculating), preempting from
+        # the back when the pool is full.
         for seq in list(self.running):
             if seq not in self.running or seq.in_prefill or budget == 0:
                 continue
-            while not self.blocks.allocate(seq, seq.num_computed + 1):
+            if len(seq.spec_tokens) >= budget:  # drafts past the step's budget are dropped
+                keep = budget - 1
+                seq.spec_tokens = seq.spec_tokens[:keep]
+                if seq.spec_probs is not None:
+                    seq.spec_probs = seq.spec_probs[:keep]
+            n = 1 + len(seq.spec_tokens)
+            while not self.blocks.allocate(seq, seq.num_computed + n):
                 victim = self.running[-1]
                 self._preempt(victim)
                 if victim is seq:
                     break
             if seq in self.running:
                 seqs.append(seq)
-                counts.append(1)
-                budget -= 1
+                counts.append(n)
+                budget -= n
         # 2. Prompt chunks of sequences already admitted.
         for seq in self.running:
             if budget == 0:

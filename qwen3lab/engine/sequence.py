@@ -38,6 +38,14 @@ class Sequence:
     block_hashes: list[bytes] = field(default_factory=list)  # prefix-cache keys of the full blocks
     num_computed: int = 0
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at admission
+    # Speculative decoding: draft tokens fed after the last real token this step, the draft's
+    # distributions they were drawn from ([k, vocab] tensor, or None for a deterministic drafter),
+    # and acceptance statistics.
+    spec_tokens: list[int] = field(default_factory=list)
+    spec_probs: Any = None
+    num_drafted: int = 0
+    num_accepted: int = 0
+    num_spec_steps: int = 0
     text: str = ""  # output text emitted so far (stop strings already cut)
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     stop_reason: int | str | None = None  # the stop token id or string that ended it
@@ -51,6 +59,11 @@ class Sequence:
     @property
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def feed_token_ids(self) -> list[int]:
+        """Tokens the model may be fed: the sequence, then this step's draft tokens."""
+        return self.all_token_ids + self.spec_tokens if self.spec_tokens else self.all_token_ids
 
     @property
     def num_tokens(self) -> int:

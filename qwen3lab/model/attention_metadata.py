@@ -3,9 +3,9 @@
 The model sees one flat token list (no padding): sequence i owns tokens
 ``[starts[i], starts[i] + new_lens[i])`` at positions ``context_lens[i] - new_lens[i] ...``. With a
 paged cache, ``slot_mapping`` says where each token's keys go and ``gather`` rows say where each
-sequence's keys are read from. Rows with one new token (decodes) are attended in one batched call;
-longer rows (prefill chunks, speculative verification) one call each. Masks are built once per step
-and shared by every layer of the same type.
+sequence's keys are read from. Rows with the same number of new tokens (all decodes; verification
+rows of equal width; equal prefill chunks) are attended in one call, keys padded to the longest
+context and masked. Masks are built once per step and shared by every layer of the same type.
 """
 
 from __future__ import annotations
@@ -62,16 +62,13 @@ class AttentionMetadata:
         by_len: dict[int, list[int]] = {}
         for i, n in enumerate(new_lens):
             by_len.setdefault(n, []).append(i)
-        for n, rows in by_len.items():
-            # Without a cache every row attends only to itself from position 0: one causal call for all.
-            chunks = [rows] if (n == 1 or block_tables is None) else [[r] for r in rows]
-            for group in chunks:
-                g = _group(group, n, [context_lens[r] for r in group], kinds, sliding_window,
-                           [block_tables[r] for r in group] if block_tables is not None else None,
-                           block_size, device)
-                g.token_index = (torch.tensor([starts[r] for r in group]).unsqueeze(1) + torch.arange(n)).to(device)
-                g.covers_all = group == list(range(len(new_lens))) and all(x == n for x in new_lens)
-                meta.groups.append(g)
+        for n, group in by_len.items():
+            g = _group(group, n, [context_lens[r] for r in group], kinds, sliding_window,
+                       [block_tables[r] for r in group] if block_tables is not None else None,
+                       block_size, device)
+            g.token_index = (torch.tensor([starts[r] for r in group]).unsqueeze(1) + torch.arange(n)).to(device)
+            g.covers_all = group == list(range(len(new_lens))) and all(x == n for x in new_lens)
+            meta.groups.append(g)
         return meta
 
 
@@ -93,8 +90,8 @@ def _group(rows, n, ctx_lens, kinds, window, block_tables, block_size, device) -
     k = torch.arange(S).view(1, 1, S)
     causal = k <= q  # [G, T, S]; also hides keys past a shorter row's context
     masks: dict[str, torch.Tensor | None] = {}
-    # Queries and keys both start at position 0: SDPA's own causal path, no mask tensor.
-    plain = not cached or (len(rows) == 1 and ctx_lens[0] == n)
+    # Queries and keys both start at position 0 in every row: SDPA's own causal path, no mask tensor.
+    plain = not cached or all(ctx == n for ctx in ctx_lens)
     masks["full_attention"] = None if plain else causal.unsqueeze(1).to(device)
     if "sliding_attention" in kinds:
         masks["sliding_attention"] = (causal & (k > q - window)).unsqueeze(1).to(device)

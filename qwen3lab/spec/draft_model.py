@@ -1,0 +1,102 @@
+"""A smaller checkpoint with the same tokenizer drafts k tokens (e.g. Qwen3-0.6B for Qwen3-4B).
+
+The draft model keeps its own paged KV cache and, per target sequence, how many tokens it has
+computed. Each step it catches up on the tokens the target accepted (one prefill row), then
+drafts one token at a time; after verification its computed count is cut back to the accepted
+prefix, which is the rollback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..engine.block_manager import BlockManager
+from ..engine.kv_cache import PagedKVCache, bytes_per_block
+from ..engine.sequence import Sequence
+from ..model import AttentionMetadata, CausalLM
+from ..sampling import processed_probs
+
+
+@dataclass(eq=False)
+class _DraftState:
+    tokens: list[int]
+    num_computed: int = 0
+    block_table: list[int] = field(default_factory=list)
+
+
+class DraftModelDrafter:
+    def __init__(self, model: CausalLM, num_tokens: int, dtype: torch.dtype, max_model_len: int,
+                 max_num_seqs: int, kv_cache_memory_gb: float = 1.0, device="cpu", block_size: int = 16):
+        self.model, self.num_tokens, self.device = model, num_tokens, torch.device(device)
+        cfg = model.config
+        per_block = bytes_per_block(cfg, block_size, dtype)
+        wanted = -(-max_num_seqs * (max_model_len + num_tokens) // block_size)
+        num_blocks = max(1, min(wanted, int(kv_cache_memory_gb * 2**30 // per_block)))
+        self.cache = PagedKVCache(cfg, num_blocks, block_size, dtype, device)
+        self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
+        self.states: dict[int, _DraftState] = {}
+
+    @torch.inference_mode()
+    def _forward(self, states: list[_DraftState], new: list[list[int]]) -> torch.Tensor:
+        """Feed new tokens per state; return logits at each row's last new token [B, vocab]."""
+        cfg = self.model.config
+        lens = [len(n) for n in new]
+        ctx = [s.num_computed + n for s, n in zip(states, lens)]
+        for s, c in zip(states, ctx):
+            if not self.blocks.allocate(s, c):
+                raise RuntimeError("draft model KV cache is full: raise speculative kv_cache_memory_gb")
+        meta = AttentionMetadata.build(lens, ctx, cfg.layer_types, cfg.sliding_window,
+                                       [s.block_table for s in states], self.cache.block_size, self.device)
+        ids = torch.tensor([t for n in new for t in n], device=self.device)
+        hidden = self.model(ids, meta, self.cache)
+        last = torch.tensor([st + n - 1 for st, n in zip(meta.starts, lens)], device=self.device)
+        for s, c in zip(states, ctx):
+            s.num_computed = c
+        return self.model.compute_logits(hidden[last]).cpu()
+
+    def propose(self, seqs: list[Sequence], budgets: list[int]) -> None:
+        states = []
+        for seq in seqs:
+            st = self.states.setdefault(seq.seq_id, _DraftState([]))
+            st.tokens = list(seq.all_token_ids)
+            st.num_computed = min(st.num_computed, len(st.tokens) - 1)
+            states.append(st)
+        new = [st.tokens[st.num_computed:] for st in states]
+        drafts: list[list[int]] = [[] for _ in seqs]
+        probs: list[list[torch.Tensor]] = [[] for _ in seqs]
+        active = list(range(len(seqs)))
+        for step in range(max(budgets, default=0)):
+            logits = self._forward([states[i] for i in active], [new[i] for i in active])
+            # The draft proposes from the same warped distribution the target samples from.
+            p = processed_probs(logits, [seqs[i].params for i in active])
+            nxt = []
+            for row, i in enumerate(active):
+                if seqs[i].params.temperature == 0:
+                    tok = int(p[row].argmax())
+                else:
+                    tok = int(torch.multinomial(p[row], 1, generator=seqs[i].generator).item())
+                drafts[i].append(tok)
+                probs[i].append(p[row])
+                states[i].tokens.append(tok)
+                if len(drafts[i]) < budgets[i]:
+                    nxt.append(i)
+                    new[i] = [tok]
+            active = nxt
+            if not active:
+                break
+        for seq, d, pr in zip(seqs, drafts, probs):
+            seq.spec_tokens = d
+            seq.spec_probs = torch.stack(pr) if pr and seq.params.temperature != 0 else None
+
+    def on_verified(self, seq: Sequence, num_accepted: int) -> None:
+        st = self.states.get(seq.seq_id)
+        if st is not None:  # keep the keys of the accepted prefix only
+            st.num_computed = min(st.num_computed, seq.num_tokens - 1)
+
+    def release(self, seq: Sequence) -> None:
+        st = self.states.pop(seq.seq_id, None)
+        if st is not None:
+            self.blocks.release(st)
+
