@@ -90,7 +90,7 @@ def _all_linears(model: nn.Module) -> list[str]:
 
 
 def quantization_config(mode: str, group_size: int | None, not_converted: list[str]) -> dict:
-    """The config.json section of a quantized checkpoint (described in README "Quantization")."""
+    """The config.json section of a quantized checkpoint (described in checkpoint.py)."""
     return {"quant_method": QUANT_METHOD, "mode": mode, "group_size": group_size,
             "modules_to_not_convert": list(not_converted)}
 
