@@ -136,7 +136,10 @@ class LLMEngine:
             if self.scheduler.has_unfinished():
                 raise RuntimeError("scheduler made no progress with requests pending (KV pool too small?)")
             return []
-        rows, logits, widths = self.runner.run(batch)
+        capture = tuple(getattr(self.drafter, "hidden_layers", ()))
+        rows, logits, widths = self.runner.run(batch, capture)
+        if capture:  # feature-level drafters (EAGLE3) see the target's hidden states of every fed token
+            self.drafter.observe(batch.seqs, batch.num_new_tokens, self.runner.last_starts, self.runner.captured)
         self.scheduler.step_done(batch)
         deltas: list[StreamDelta] = []
         plain, plain_logits, offset = [], [], 0

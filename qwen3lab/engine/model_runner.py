@@ -27,14 +27,21 @@ class ModelRunner:
         return torch.tensor(ids, device=self.device), meta
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> tuple[list[int], torch.Tensor, list[int]]:
+    def run(self, batch: ScheduledBatch, capture_layers: tuple[int, ...] = ()
+            ) -> tuple[list[int], torch.Tensor, list[int]]:
         """Feed each row's new tokens.
 
         Returns (rows that sample, their logits [sum(m), vocab] float32, m per row): m is 1, or
         1 + the number of draft tokens, whose positions all need logits for verification.
+        ``capture_layers``: outputs of these layers for every fed token are kept in
+        ``self.captured`` ([N, hidden] each, rows at ``self.last_starts``) for drafters like EAGLE3.
         """
         ids, meta = self.prepare(batch)
-        hidden = self.model(ids, meta, self.cache)
+        if capture_layers:
+            hidden, self.captured = self.model(ids, meta, self.cache, output_hidden_layers=capture_layers)
+            self.last_starts = meta.starts
+        else:
+            hidden = self.model(ids, meta, self.cache)
         rows = [i for i in range(len(batch.seqs)) if batch.samples(i)]
         if not rows:
             return [], torch.empty(0), []
