@@ -38,4 +38,6 @@ class PagedKVCache:
 
     def gather(self, layer: int, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """index: [G, S] slots -> keys, values [G, S, kvh, d]."""
-        return self.k[layer][index], self.v[layer][index]
+        # index_select on the flat slot axis is several times faster on CPU than advanced indexing.
+        flat, shape = index.reshape(-1), (*index.shape, *self.k[layer].shape[1:])
+        return self.k[layer].index_select(0, flat).view(shape), self.v[layer].index_select(0, flat).view(shape)
