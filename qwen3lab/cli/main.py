@@ -11,7 +11,8 @@ import argparse
 import os
 import sys
 
-from . import chat, convert, eval_ppl, generate, info, quantize, serve
+from . import bench, chat, convert, eval_ppl, generate, info, quantize, serve
+from . import grpo as grpo_cmd
 from . import sft as sft_cmd
 from .common import HelpFormatter
 
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"qwen3lab {__version__}")
     sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
-    for module in (generate, chat, info, quantize, eval_ppl, convert, serve, sft_cmd):
+    for module in (generate, chat, info, quantize, eval_ppl, convert, serve, bench, sft_cmd, grpo_cmd):
         module.add_parser(sub)
     return parser
 
