@@ -14,6 +14,7 @@ import sys
 from . import bench, chat, convert, eval_ppl, generate, info, quantize, serve
 from . import grpo as grpo_cmd
 from . import sft as sft_cmd
+from . import train_eagle3
 from .common import HelpFormatter
 
 EPILOG = """\
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"qwen3lab {__version__}")
     sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
-    for module in (generate, chat, info, quantize, eval_ppl, convert, serve, bench, sft_cmd, grpo_cmd):
+    for module in (generate, chat, info, quantize, eval_ppl, convert, serve, bench, sft_cmd, grpo_cmd, train_eagle3):
         module.add_parser(sub)
     return parser
 
