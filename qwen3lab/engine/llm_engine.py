@@ -154,7 +154,9 @@ class LLMEngine:
         for s in batch.seqs:  # drafts are consumed by this step whether or not the row sampled
             s.spec_tokens, s.spec_probs = [], None
         if plain:
-            deltas.extend(self._sample(plain, torch.stack(plain_logits)))
+            # Without drafts the rows are already one tensor: skip the copy.
+            stacked = logits if len(plain) == len(rows) and offset == len(rows) else torch.stack(plain_logits)
+            deltas.extend(self._sample(plain, stacked))
         return deltas
 
     def _banned(self, s: Sequence) -> list[int] | None:

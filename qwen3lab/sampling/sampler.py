@@ -73,7 +73,9 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], prompt_ids: list[
     ``banned``: per row, token ids that must not be drawn now (eos while under min_tokens).
     """
     raw = logits
-    logits = apply_penalties(logits.clone(), params, prompt_ids, output_ids)
+    if any(p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty for p in params) or \
+            any(banned or []):
+        logits = apply_penalties(logits.clone(), params, prompt_ids, output_ids)  # keep raw for logprobs
     for i, ids in enumerate(banned or []):
         if ids:
             logits[i, ids] = float("-inf")
