@@ -189,7 +189,20 @@ def export_gguf(model: str | os.PathLike | ExportSource, out: str | os.PathLike,
         if tuple(planned[name]) != tuple(shape):
             raise ValueError(f"{src.path}: tensor {name} has shape {list(planned[name])}, expected {list(shape)}")
 
-    writer = _Writer(out, cfg.model_type)
+    # Written beside `out` and renamed at the end, so a failed export leaves no truncated .gguf behind.
+    part = out.with_name(out.name + ".part")
+    try:
+        _write_file(src, part, plan, outtype)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, out)
+    return out
+
+
+def _write_file(src: ExportSource, path: Path, plan: dict[str, tuple[str, tuple[int, ...], Q]], outtype: str) -> None:
+    cfg = src.config
+    writer = _Writer(path, cfg.model_type)
     _write_hparams(writer, src, outtype)
     vocab = (vocab_from_gguf(src.metadata) if src.metadata is not None
              else vocab_from_tokenizer(src.tokenizer, cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_ids))
@@ -214,4 +227,3 @@ def export_gguf(model: str | os.PathLike | ExportSource, out: str | os.PathLike,
             array = permute_llama_qk(array, heads[kind])
         writer.write_tensor_data(_encode(array, qtype))
     writer.close()
-    return out
