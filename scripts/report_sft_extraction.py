@@ -47,6 +47,7 @@ def main() -> None:
     t = time.perf_counter()
     base = score(LLM(gguf, dtype="float32"), held)
     t_base = time.perf_counter() - t
+    print(f"base exact match {base:.3f} ({t_base:.0f} s)", flush=True)
     t = time.perf_counter()
     recs = train_sft(SFTConfig(model=str(gguf), train_file=str(out / "train.jsonl"), output_dir=str(out / "run"),
                                lora_r=16, lora_alpha=32, lora_dropout=0.05, pack_length=args.pack_length,

@@ -71,6 +71,6 @@ class Attention(nn.Module):
                 out = o.reshape(N, -1)
             else:
                 if out is None:
-                    out = q.new_empty(N, self.num_heads * self.head_dim)
+                    out = o.new_empty(N, self.num_heads * self.head_dim)  # o: SDPA dtype (bf16 under autocast)
                 out[g.token_index.reshape(-1)] = o.reshape(G * T, -1)
         return self.o_proj(out)
