@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("quantization")
     g.add_argument("--quantization", "-q", choices=("int8", "int4"), default=None,
                    help="quantize the weights after loading (default: none)")
-    g.add_argument("--group-size", type=int, default=None, metavar="G", help="int4 group size (default 64)")
+    g.add_argument("--group-size", type=int, default=None, metavar="G", help="int4 group size (default 32)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--text", metavar="FILE", default=None, help="text file to score (default: the shipped corpus)")
     e.add_argument("--window", type=int, default=512, metavar="N", help="tokens per window (default: 512)")

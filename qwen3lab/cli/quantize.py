@@ -15,12 +15,12 @@ EPILOG = """\
 examples:
   qwen3lab quantize --model Qwen/Qwen3-4B --out ./Qwen3-4B-int4 --mode int4
   qwen3lab quantize --model ./Qwen3-4B --out ./Qwen3-4B-int8 --mode int8
-  qwen3lab quantize --out ./smollm2-int4 --mode int4 --group-size 32      # the embedded default
+  qwen3lab quantize --out ./smollm2-int4 --mode int4                      # the embedded default
   qwen3lab generate --model ./Qwen3-4B-int4 --chat "Hello"
 
 Every linear layer of attention and MLP and the lm_head are quantized; the embedding stays in
 --dtype. int8: one scale per output channel. int4: a scale and zero per group of --group-size
-input channels (32, 64, 128 or 256; default 64). The layout is documented in qwen3lab/quant/.
+input channels (32, 64, 128 or 256; default 32). The layout is documented in qwen3lab/quant/.
 """
 
 
@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="folder to write (created if missing)")
     p.add_argument("--mode", required=True, choices=("int8", "int4"), help="quantization mode")
     p.add_argument("--group-size", type=int, default=None, metavar="G",
-                   help="int4 group size: 32, 64, 128 or 256 (default 64)")
+                   help="int4 group size: 32, 64, 128 or 256 (default 32)")
     p.add_argument("--skip", action="append", default=[], metavar="NAME",
                    help="leave this layer in float (name or pattern, e.g. lm_head or '*.down_proj'; repeatable)")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),

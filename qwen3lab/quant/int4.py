@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 GROUP_SIZES = (32, 64, 128, 256)  # what the CPU kernel accepts
-# Measured on SmolLM2-135M and at Qwen3-4B MLP shapes (see README "Quantization"): 64 loses little
-# perplexity over 32 while reading fewer scale bytes; 128 does not divide SmolLM2's width 576.
-DEFAULT_GROUP_SIZE = 64
+# Measured with benchmarks/quant_quality.py on SmolLM2-135M (corpus perplexity vs bf16): g32 +5%,
+# g64 +55%, g128 impossible (576 = 4.5 x 128). Small groups cost 1/16 byte per weight more at g32 than
+# g64, far less than the quality they keep.
+DEFAULT_GROUP_SIZE = 32
 _PACK_ROWS = 4096  # pack in row chunks (a multiple of the kernel's 64-row block) to bound the int32 copy
 
 
