@@ -164,6 +164,8 @@ class LLMEngine:
             if len(s.output_token_ids) < s.params.min_tokens else None
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[StreamDelta]:
+        if logits.is_inference() and any(s.constraint is not None for s in seqs):
+            logits = logits.clone()  # the runner's uncopied output: masking in place needs a normal tensor
         for r, s in enumerate(seqs):
             mask = s.constraint.allowed_tokens(logits.shape[1]) if s.constraint is not None else None
             if mask is not None:
