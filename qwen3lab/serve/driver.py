@@ -200,7 +200,10 @@ class EngineDriver:
             except queue.Empty:
                 command = None
             while command is not None:
-                command()
+                try:
+                    command()
+                except Exception:  # noqa: BLE001 - a failed abort must not stop the engine thread
+                    log.error("engine command failed:\n%s", traceback.format_exc())
                 try:
                     command = self._commands.get_nowait()
                 except queue.Empty:

@@ -98,5 +98,6 @@ class CompletionRequest(SamplingFields):
         if self.suffix:
             raise bad_request("suffix is not supported", "suffix")
         # OpenAI's legacy default is 16 tokens; keep it so plain clients get a short completion.
-        return self.sampling_params(self.max_tokens if self.max_tokens is not None else 16, self.logprobs,
+        default = min(16, max_tokens_limit or 16)
+        return self.sampling_params(self.max_tokens if self.max_tokens is not None else default, self.logprobs,
                                     max_tokens_limit)
