@@ -47,12 +47,13 @@ def test_int8_linear_matches_dequantized_reference(dtype, bias):
     ref_w = dequantize_int8(q.weight, q.weight_scale)
     # Symmetric rounding: every weight within half a step of its channel's scale.
     assert ((ref_w - lin.weight.float()).abs() <= q.weight_scale.float()[:, None] * 0.5 + 1e-6).all()
-    x = torch.randn(2, 5, 256).to(dtype)
-    ref = x.float() @ ref_w.t() + (lin.bias.float() if bias else 0)
-    out = q(x)
-    assert out.shape == (2, 5, 96) and out.dtype == dtype
-    tol = 1e-4 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(out.float(), ref, atol=tol * ref.abs().max().item(), rtol=0)
+    for rows in (5, 80):  # the int8 kernel (decode) and the dequantized GEMM (prefill-sized inputs)
+        x = torch.randn(2, rows, 256).to(dtype)
+        ref = x.float() @ ref_w.t() + (lin.bias.float() if bias else 0)
+        out = q(x)
+        assert out.shape == (2, rows, 96) and out.dtype == dtype
+        tol = 1e-4 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(out.float(), ref, atol=tol * ref.abs().max().item(), rtol=0)
 
 
 def test_nibble_layout_is_low_then_high():

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+PREFILL_ROWS = 64  # from this many input rows on, dequantize and use the float GEMM
+
 
 def quantize_int8(weight: torch.Tensor, scale_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """float [N, K] -> (int8 [N, K], scales [N] in scale_dtype)."""
@@ -55,7 +57,11 @@ class Int8Linear(nn.Module):
         return mod
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        rows = x.numel() // self.in_features
+        # The int8 kernel is a GEMV at heart: for prefill-sized inputs a transient dequantized copy
+        # and the float GEMM are several times faster (measured on Qwen3-4B shapes: 19.5 vs 50 tok/s).
+        if x.device.type == "cpu" and rows < PREFILL_ROWS and x.dtype in (torch.float32, torch.bfloat16,
+                                                                          torch.float16):
             # The kernel wants 2-D input and scales in the activation dtype.
             out = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).contiguous(), self.weight,
                                                      self.weight_scale.to(x.dtype))
