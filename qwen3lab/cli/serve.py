@@ -52,7 +52,24 @@ def add_parser(sub) -> None:
                    help="tokens per engine step (default: 512)")
     e.add_argument("--kv-cache-memory-gb", type=float, default=4.0, metavar="GB",
                    help="KV-cache pool size (default: 4)")
+    e.add_argument("--speculative", default=None, metavar="JSON",
+                   help='lossless speculative decoding, e.g. \'{"method": "ngram", "num_tokens": 4}\' or '
+                        '\'{"method": "eagle3", "model": "DIR", "num_tokens": 4}\' (also "draft")')
     p.set_defaults(func=run)
+
+
+def _speculative(text: str | None) -> dict | None:
+    if not text:
+        return None
+    import json
+
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--speculative must be a JSON object like '{{\"method\": \"ngram\"}}': {e}") from e
+    if not isinstance(spec, dict):
+        raise ValueError("--speculative must be a JSON object")
+    return spec
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(DEFAULT_NOTE, file=sys.stderr)
     llm = LLM(model=args.model, dtype=args.dtype, device=args.device, max_num_seqs=args.max_num_seqs,
               max_model_len=args.max_model_len, max_num_batched_tokens=args.max_num_batched_tokens,
-              kv_cache_memory_gb=args.kv_cache_memory_gb)
+              kv_cache_memory_gb=args.kv_cache_memory_gb, speculative=_speculative(args.speculative))
     names = args.served_model_name or [Path(str(args.model or llm.model_path)).name.removesuffix(".gguf")]
     config = ServerConfig(served_model_names=names, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
                           max_body_bytes=int(args.max_body_mb * 2**20), max_waiting=args.max_waiting)

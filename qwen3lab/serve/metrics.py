@@ -73,6 +73,10 @@ class Metrics:
         one("prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.",
             blocks.queried_tokens)
         one("prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.", blocks.hit_tokens)
+        spec = engine.spec_stats
+        one("spec_decode_num_drafts_total", "counter", "Speculative verification steps.", spec["steps"])
+        one("spec_decode_num_draft_tokens_total", "counter", "Draft tokens proposed.", spec["drafted"])
+        one("spec_decode_num_accepted_tokens_total", "counter", "Draft tokens accepted.", spec["accepted"])
         one("prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", self.prompt_tokens)
         one("generation_tokens_total", "counter", "Generated tokens.", self.generation_tokens)
         metric("request_success_total", "counter", "Finished requests by finish reason.",
