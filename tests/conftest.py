@@ -1,3 +1,4 @@
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,3 +18,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    """A module-scoped folder maker whose folders are deleted when the module's tests end.
+
+    Checkpoints at real Qwen3 widths take gigabytes; pytest would keep every one until the session
+    ends, and CI machines have small disks.
+    """
+    made = []
+
+    def make(name: str):
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)

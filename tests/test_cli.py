@@ -30,8 +30,8 @@ def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    path, _ = save_reference(tmp_path_factory.mktemp("cli") / "tiny-qwen3", "qwen3", num_hidden_layers=2,
+def folder(scratch):
+    path, _ = save_reference(scratch("cli") / "tiny-qwen3", "qwen3", num_hidden_layers=2,
                              hidden_size=64, intermediate_size=128, num_attention_heads=4,
                              num_key_value_heads=2, head_dim=16)
     return path

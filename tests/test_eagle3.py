@@ -129,9 +129,9 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    target = save_reference(tmp_path_factory.mktemp("target"), "qwen3", seed=0, **TINY)[0]
-    draft = write_eagle3(tmp_path_factory.mktemp("eagle3"), hidden_size=64, intermediate_size=128,
+def tiny(scratch):
+    target = save_reference(scratch("target"), "qwen3", seed=0, **TINY)[0]
+    draft = write_eagle3(scratch("eagle3"), hidden_size=64, intermediate_size=128,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=151936,
                          draft_vocab_size=2048, seed=3, std=0.2)
     return str(target), str(draft)

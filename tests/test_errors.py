@@ -18,8 +18,8 @@ TINY = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_atte
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory):
-    return save_reference(tmp_path_factory.mktemp("good"), "qwen3", vocab_size=151936, **TINY)[0]
+def good(scratch):
+    return save_reference(scratch("good"), "qwen3", vocab_size=151936, **TINY)[0]
 
 
 @pytest.fixture

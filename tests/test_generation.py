@@ -24,8 +24,8 @@ GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return save_reference(tmp_path_factory.mktemp("tiny"), "qwen3", **TINY)[0]
+def folder(scratch):
+    return save_reference(scratch("tiny"), "qwen3", **TINY)[0]
 
 
 @pytest.fixture(scope="module")

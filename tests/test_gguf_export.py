@@ -43,8 +43,8 @@ def small_llm(path) -> LLM:
 
 
 @pytest.fixture(scope="module")
-def qwen3(tmp_path_factory):
-    folder, _ = save_reference(tmp_path_factory.mktemp("qwen3") / "ref", "qwen3", tie_word_embeddings=False,
+def qwen3(scratch):
+    folder, _ = save_reference(scratch("qwen3") / "ref", "qwen3", tie_word_embeddings=False,
                                generation={"eos_token_id": [151645, 151643], "temperature": 0.6, "top_k": 20},
                                **SMALL)
     llm = small_llm(folder)
@@ -53,10 +53,10 @@ def qwen3(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exported(qwen3, tmp_path_factory):
+def exported(qwen3, scratch):
     """outtype -> path of the Qwen3 reference exported as GGUF (written on first use)."""
     folder = qwen3[0]
-    out, cache = tmp_path_factory.mktemp("gguf"), {}
+    out, cache = scratch("gguf"), {}
 
     def get(outtype):
         if outtype not in cache:

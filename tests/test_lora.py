@@ -39,8 +39,8 @@ def test_apply_lora_refuses_no_match_and_lora_disabled_restores_base(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora")
+def trained(scratch):
+    root = scratch("lora")
     base = tiny_checkpoint(root / "base")
     train_sft(SFTConfig(model=str(base), train_file=str(conversations(root / "d.jsonl")), output_dir=str(root / "run"),
                         lora_r=4, lora_alpha=8, lora_dropout=0.0, pack_length=64, batch_size=2, max_steps=2,

@@ -8,6 +8,7 @@ run on the whole unpadded sequence within 1e-4 (fp32). Greedy generation must ma
 from __future__ import annotations
 
 import gc
+import shutil
 
 import pytest
 import torch
@@ -58,6 +59,7 @@ def case(request, tmp_path_factory):
     yield request.param, ref, llm, vocab
     del ref, llm
     gc.collect()
+    shutil.rmtree(folder, ignore_errors=True)  # GB-sized at real widths; CI disks are small
 
 
 @torch.inference_mode()

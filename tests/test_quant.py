@@ -26,8 +26,8 @@ PROMPT = [9707, 11, 1879, 374, 264, 1273, 315, 279, 4128]  # ids below the tiny 
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    path, _ = save_reference(tmp_path_factory.mktemp("quant") / "tiny", "qwen3", vocab_size=10240, **TINY)
+def folder(scratch):
+    path, _ = save_reference(scratch("quant") / "tiny", "qwen3", vocab_size=10240, **TINY)
     return path
 
 

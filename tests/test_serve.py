@@ -73,8 +73,8 @@ class ServerThread:
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-qwen3")
+def folder(scratch):
+    path = scratch("tiny-qwen3")
     save_reference(path, "qwen3", num_hidden_layers=2, hidden_size=64, intermediate_size=128,
                    num_attention_heads=4, num_key_value_heads=2, head_dim=16)
     return path

@@ -15,8 +15,8 @@ COMMON = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0, pack_length=48, batch_si
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sft")
+def setup(scratch):
+    root = scratch("sft")
     base, data = tiny_checkpoint(root / "base"), conversations(root / "d.jsonl")
     # One process, two accumulation steps of two packs: the reference curve.
     recs = train_sft(SFTConfig(model=str(base), train_file=str(data), output_dir=str(root / "full"), grad_accum=2,

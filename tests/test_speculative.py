@@ -20,13 +20,13 @@ GREEDY = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory):
-    return str(save_reference(tmp_path_factory.mktemp("target"), "qwen3", seed=0, **TINY)[0])
+def target(scratch):
+    return str(save_reference(scratch("target"), "qwen3", seed=0, **TINY)[0])
 
 
 @pytest.fixture(scope="module")
-def draft(tmp_path_factory):
-    return str(save_reference(tmp_path_factory.mktemp("draft"), "qwen3", seed=1, **TINY)[0])
+def draft(scratch):
+    return str(save_reference(scratch("draft"), "qwen3", seed=1, **TINY)[0])
 
 
 PROMPTS = [

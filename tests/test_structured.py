@@ -75,8 +75,8 @@ PARAMS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
 
 @pytest.fixture(scope="module")
-def llm(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("qwen3-structured")
+def llm(scratch):
+    folder = scratch("qwen3-structured")
     save_reference(folder, "qwen3", num_hidden_layers=2, hidden_size=64, intermediate_size=128,
                    num_attention_heads=4, num_key_value_heads=2, head_dim=16)
     return LLM(folder, dtype="float32", max_model_len=512, kv_cache_memory_gb=0.05)
