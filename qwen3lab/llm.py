@@ -82,6 +82,10 @@ class LLM:
             from .quant.apply import ensure_quantized
 
             ensure_quantized(self.model, quantization, quantization_group_size)
+        if self.device.type == "cpu":  # few-row bf16 products in qwen3lab's decode kernel (a module swap)
+            from .kernels import install
+
+            install(self.model)
         settings = EngineSettings(max_num_seqs, max_num_batched_tokens, max_model_len, kv_cache_memory_gb,
                                   enable_prefix_caching=enable_prefix_caching)
         drafter = None

@@ -2,9 +2,11 @@
 
 Owns: turning a float weight [N, K] into 4-bit values plus ``scales_and_zeros``, the portable
 on-disk nibble layout, packing for the CPU kernel, and ``Int4Linear``, the drop-in replacement for
-``nn.Linear``. On the CPU the product runs in ``aten._weight_int4pack_mm_for_cpu`` (tinygemm
-semantics); elsewhere, or for widths the kernel cannot pack (N not a multiple of 16), the weight is
-dequantized per call: correct everywhere, fast only on the CPU.
+``nn.Linear``. On a CPU with AVX-512 BF16/VNNI, few-row products (decoding) run in qwen3lab's kernel
+straight from the nibble layout (``qwen3lab/kernels``) and prefill-sized ones in the float GEMM on a
+transient bf16 copy. Otherwise, on the CPU the product runs in ``aten._weight_int4pack_mm_for_cpu``
+(tinygemm semantics); elsewhere, or for widths that kernel cannot pack (N not a multiple of 16), the
+weight is dequantized per call: correct everywhere, fast only on the CPU.
 
 Dequantization, for output row n and input column k in group g = k // group_size:
     w[n, k] = (q[n, k] - 8) * scales_and_zeros[g, n, 0] + scales_and_zeros[g, n, 1],   q in 0..15
@@ -23,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .. import kernels
 
 GROUP_SIZES = (32, 64, 128, 256)  # what the CPU kernel accepts
 # Measured with benchmarks/quant_quality.py on SmolLM2-135M (corpus perplexity vs bf16): g32 +5%,
@@ -94,6 +98,7 @@ class Int4Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device),
                                  requires_grad=False) if bias else None
         self.cpu_packed: torch.Tensor | None = None  # built by prepare(); not part of the state
+        self.kernel_scales = self.kernel_zeros = None  # [N, groups] bf16 for qwen3lab's kernel (prepare())
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int, weight: torch.Tensor | None = None,
@@ -111,13 +116,32 @@ class Int4Linear(nn.Module):
     def prepare(self, keep_portable: bool = False) -> None:
         """Pack for the CPU kernel once the weights are in place; drop the portable copy unless asked to keep it
         (it is what a checkpoint stores: ``qwen3lab quantize`` keeps it, inference needs only the packed one)."""
-        if self.weight.device.type != "cpu" or self.out_features % 16:
+        if self.weight.device.type != "cpu":
+            return  # dequantize per call instead
+        if (self.in_features % 128 == 0 and self.scales_and_zeros.dtype == torch.bfloat16
+                and kernels.ops() is not None):
+            # qwen3lab's kernel reads the portable nibbles; scales and zeros row-major per output channel.
+            self.kernel_scales = self.scales_and_zeros[..., 0].t().contiguous()
+            self.kernel_zeros = self.scales_and_zeros[..., 1].t().contiguous()
+            if not keep_portable:  # the kernel's copies replace them (a quarter of the nibbles' bytes at g32)
+                self.scales_and_zeros.data = torch.empty(0, dtype=self.scales_and_zeros.dtype)
+            return
+        if self.out_features % 16:
             return  # dequantize per call instead
         self.cpu_packed = pack_for_cpu(self.weight.data)
         if not keep_portable:
             self.weight.data = torch.empty(0, dtype=torch.uint8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel_scales is not None and x.device.type == "cpu":
+            if kernels.usable(x, self.in_features, multiple=128):
+                out = kernels.ops().gemv_int4(x.reshape(-1, self.in_features).contiguous(), self.weight,
+                                              self.kernel_scales, self.kernel_zeros, self.group_size)
+            else:
+                w = kernels.ops().dequant_int4(self.weight, self.kernel_scales, self.kernel_zeros, self.group_size)
+                out = F.linear(x, w.to(x.dtype))
+            out = out.reshape(*x.shape[:-1], self.out_features)
+            return out if self.bias is None else out + self.bias
         if self.cpu_packed is not None and x.device.type == "cpu":
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x.reshape(-1, self.in_features).contiguous(), self.cpu_packed, self.group_size,

@@ -1,0 +1,339 @@
+// Skinny matrix products for CPU decoding: y[M, N] = x[M, K] @ W[N, K]^T with M small (1..8 rows
+// per pass: one decode token per sequence, or a few verification tokens).
+//
+// Decoding reads every weight once per step, so these kernels exist to stream the weight matrix at
+// memory bandwidth: each weight byte is loaded once per pass and used for all M rows, rows of W are
+// split across the torch thread pool, and the inner loops are AVX-512 dot-product instructions.
+//   bf16: AVX512-BF16 `vdpbf16ps` (bf16 x bf16 -> fp32 accumulate), the same products oneDNN forms.
+//   int8: weight-only int8 with one scale per output row. Activations are quantized on the fly to
+//         int8 in blocks of 32 values (absmax / 127, as llama.cpp's Q8_0 x Q8_0 path does), then
+//         AVX512-VNNI `vpdpbusd` forms 4-wide int8 dot products; per-block fp32 scales are applied
+//         per 64 weights.
+//   int4: the portable nibble layout of quant/int4.py (byte j = q[2j] | q[2j+1] << 4, q in 0..15)
+//         with per-group bf16 scale s and zero z: w = (q - 8) s + z. With int8 activations x^:
+//         sum_k w x^ = sum_g [ s_g * sum_{k in g} q x^ + (z_g - 8 s_g) * sum_{k in g} x^ ].
+// Anything these kernels do not cover (other CPUs, M > 64, odd widths) stays with PyTorch's ops; the
+// Python side decides (qwen3lab/kernels/__init__.py).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <immintrin.h>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kMaxRows = 8;  // activation rows handled per pass over the weights
+
+inline __m512 bf16x16_to_fp32(__m256i v) {  // 16 bf16 -> 16 fp32 (exact)
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+// ---------------------------------------------------------------------------------------------
+// bf16
+template <int R, int MB>
+void bf16_rows(const uint16_t* x, int64_t K, const uint16_t* W, int64_t n0, float* y, int64_t N) {
+  __m512 acc[R][MB];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    __m512bh xv[MB];
+    for (int m = 0; m < MB; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(x + m * K + k);
+    for (int r = 0; r < R; ++r) {
+      __m512bh w = (__m512bh)_mm512_loadu_si512(W + (n0 + r) * K + k);
+      for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], w, xv[m]);
+    }
+  }
+  if (k < K) {  // tail: masked loads read zeros past the end
+    __mmask32 mask = (__mmask32)((1ull << (K - k)) - 1);
+    __m512bh xv[MB];
+    for (int m = 0; m < MB; ++m) xv[m] = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + m * K + k);
+    for (int r = 0; r < R; ++r) {
+      __m512bh w = (__m512bh)_mm512_maskz_loadu_epi16(mask, W + (n0 + r) * K + k);
+      for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], w, xv[m]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MB; ++m) y[m * N + n0 + r] = _mm512_reduce_add_ps(acc[r][m]);
+}
+
+template <int MB>
+void bf16_pass(const uint16_t* x, int64_t K, const uint16_t* W, int64_t N, float* y) {
+  constexpr int R = MB <= 4 ? 4 : 2;
+  at::parallel_for(0, N / R, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) bf16_rows<R, MB>(x, K, W, i * R, y, N);
+  });
+  for (int64_t n = (N / R) * R; n < N; ++n) bf16_rows<1, MB>(x, K, W, n, y, N);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation quantization shared by int8 and int4: blocks of 32 values, symmetric int8.
+struct QuantX {
+  std::vector<int8_t> q;      // [M, K]
+  std::vector<uint8_t> absq;  // [M, K] |q| (the unsigned operand of vpdpbusd)
+  std::vector<float> scale;   // [M, K / 32]
+  std::vector<int32_t> bsum;  // [M, K / 32] sum of q over the block
+};
+
+QuantX quantize_rows(const at::BFloat16* x, int64_t M, int64_t K) {
+  QuantX out;
+  const int64_t B = K / 32;
+  out.q.resize(M * K);
+  out.absq.resize(M * K);
+  out.scale.resize(M * B);
+  out.bsum.resize(M * B);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t b = 0; b < B; ++b) {
+      const at::BFloat16* xb = x + m * K + b * 32;
+      float amax = 0.f;
+      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(static_cast<float>(xb[j])));
+      const float d = amax / 127.f;
+      const float inv = d > 0.f ? 1.f / d : 0.f;
+      int32_t s = 0;
+      for (int j = 0; j < 32; ++j) {
+        const int v = static_cast<int>(std::nearbyint(static_cast<float>(xb[j]) * inv));
+        out.q[m * K + b * 32 + j] = static_cast<int8_t>(v);
+        out.absq[m * K + b * 32 + j] = static_cast<uint8_t>(v < 0 ? -v : v);
+        s += v;
+      }
+      out.scale[m * B + b] = d;
+      out.bsum[m * B + b] = s;
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// int8 weights [N, K] (values -127..127), per-row scale; K a multiple of 64.
+template <int R, int MB>
+void int8_rows(const QuantX& xq, int64_t K, const int8_t* W, const float* dxv, int64_t n0, float* y, int64_t N) {
+  __m512 acc[R][MB];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
+  const __m512i zero = _mm512_setzero_si512();
+  const int64_t C = K / 64;
+  for (int64_t c = 0; c < C; ++c) {
+    __m512i ax[MB];
+    __mmask64 neg[MB];
+    for (int m = 0; m < MB; ++m) {
+      ax[m] = _mm512_loadu_si512(xq.absq.data() + m * K + c * 64);
+      neg[m] = _mm512_movepi8_mask(_mm512_loadu_si512(xq.q.data() + m * K + c * 64));
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m512i w = _mm512_loadu_si512(W + (n0 + r) * K + c * 64);
+      for (int m = 0; m < MB; ++m) {
+        // |x| * (sign(x) w): vpdpbusd wants its first operand unsigned.
+        const __m512i ws = _mm512_mask_sub_epi8(w, neg[m], zero, w);
+        const __m512i dot = _mm512_dpbusd_epi32(zero, ax[m], ws);
+        acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(dxv + (m * C + c) * 16), acc[r][m]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MB; ++m) y[m * N + n0 + r] = _mm512_reduce_add_ps(acc[r][m]);
+}
+
+template <int MB>
+void int8_pass(const QuantX& xq, int64_t K, const int8_t* W, const float* dxv, int64_t N, float* y) {
+  constexpr int R = MB <= 4 ? 4 : 2;
+  at::parallel_for(0, N / R, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) int8_rows<R, MB>(xq, K, W, dxv, i * R, y, N);
+  });
+  for (int64_t n = (N / R) * R; n < N; ++n) int8_rows<1, MB>(xq, K, W, dxv, n, y, N);
+}
+
+// ---------------------------------------------------------------------------------------------
+// int4 nibbles [N, K / 2] with bf16 scales / zeros [N, G], G = K / g; K a multiple of 128.
+// x_lo / x_hi: the activations at even / odd k, so that a byte's low nibble meets x[2j], the high x[2j+1].
+template <int MB>
+void int4_row(const int8_t* xlo, const int8_t* xhi, const float* dxv, const float* xg, int64_t K,
+              const uint8_t* Wrow, const uint16_t* srow, const uint16_t* zrow, int64_t G, int64_t g,
+              const __m512i lane_group, float* y, int64_t N, int64_t n) {
+  __m512 acc[MB];
+  for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
+  const __m512i zero = _mm512_setzero_si512(), low4 = _mm512_set1_epi8(0x0F);
+  const int64_t C = K / 128;
+  for (int64_t c = 0; c < C; ++c) {
+    const __m512i b = _mm512_loadu_si512(Wrow + c * 64);
+    const __m512i lo = _mm512_and_si512(b, low4);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), low4);
+    // Weight scale per 32-bit lane (8 weights, always inside one group).
+    const int64_t g0 = c * 128 / g;
+    const int64_t left = G - g0;
+    const __mmask16 lm = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    const __m512 sv = bf16x16_to_fp32(_mm256_maskz_loadu_epi16(lm, srow + g0));
+    const __m512 s_lanes = _mm512_permutexvar_ps(lane_group, sv);
+    for (int m = 0; m < MB; ++m) {
+      __m512i dot = _mm512_dpbusd_epi32(zero, lo, _mm512_loadu_si512(xlo + m * (K / 2) + c * 64));
+      dot = _mm512_dpbusd_epi32(dot, hi, _mm512_loadu_si512(xhi + m * (K / 2) + c * 64));
+      const __m512 scale = _mm512_mul_ps(s_lanes, _mm512_loadu_ps(dxv + (m * C + c) * 16));
+      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[m]);
+    }
+  }
+  // Zero-point term: sum_g (z_g - 8 s_g) * sum_{k in g} x^.
+  __m512 accz[MB];
+  for (int m = 0; m < MB; ++m) accz[m] = _mm512_setzero_ps();
+  const __m512 eight = _mm512_set1_ps(8.f);
+  for (int64_t i = 0; i < G; i += 16) {
+    const int64_t left = G - i;
+    const __mmask16 lm = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    const __m512 s = bf16x16_to_fp32(_mm256_maskz_loadu_epi16(lm, srow + i));
+    const __m512 z = bf16x16_to_fp32(_mm256_maskz_loadu_epi16(lm, zrow + i));
+    const __m512 mz = _mm512_fnmadd_ps(eight, s, z);
+    for (int m = 0; m < MB; ++m) accz[m] = _mm512_fmadd_ps(mz, _mm512_maskz_loadu_ps(lm, xg + m * G + i), accz[m]);
+  }
+  for (int m = 0; m < MB; ++m) y[m * N + n] = _mm512_reduce_add_ps(acc[m]) + _mm512_reduce_add_ps(accz[m]);
+}
+
+template <int MB>
+void int4_pass(const int8_t* xlo, const int8_t* xhi, const float* dxv, const float* xg, int64_t K, const uint8_t* W,
+               const uint16_t* s, const uint16_t* z, int64_t G, int64_t g, int64_t N, float* y) {
+  alignas(64) int32_t idx[16];
+  for (int i = 0; i < 16; ++i) idx[i] = g <= 128 ? static_cast<int32_t>(8 * i / g) : 0;
+  const __m512i lane_group = _mm512_load_si512(idx);
+  at::parallel_for(0, N, 64, [&](int64_t b, int64_t e) {
+    for (int64_t n = b; n < e; ++n)
+      int4_row<MB>(xlo, xhi, dxv, xg, K, W + n * (K / 2), s + n * G, z + n * G, G, g, lane_group, y, N, n);
+  });
+}
+
+// Per-lane activation scales: lane i of 64-weight chunk c (int8) covers weights 64c + 4i .. +3, and of
+// 128-weight chunk c (int4) weights 128c + 8i .. +7; each inside one 32-value activation block.
+std::vector<float> lane_scales(const QuantX& xq, int64_t M, int64_t K, int64_t chunk) {
+  const int64_t C = K / chunk, B = K / 32, per_lane = chunk / 16;
+  std::vector<float> out(M * C * 16);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t c = 0; c < C; ++c)
+      for (int i = 0; i < 16; ++i) out[(m * C + c) * 16 + i] = xq.scale[m * B + (c * chunk + i * per_lane) / 32];
+  return out;
+}
+
+void check_x(const at::Tensor& x, int64_t K, const char* what) {
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == K, what, ": x must be [M, ", K, "]");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.device().is_cpu(),
+              what, ": x must be contiguous bf16 on the CPU");
+}
+
+template <typename F>
+void by_rows(int64_t M, F&& f) {  // run f(m0, rows) over blocks of at most kMaxRows
+  for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) f(m0, std::min<int64_t>(kMaxRows, M - m0));
+}
+
+#define DISPATCH_ROWS(rows, FN, ...)      \
+  switch (rows) {                          \
+    case 1: FN<1>(__VA_ARGS__); break;     \
+    case 2: FN<2>(__VA_ARGS__); break;     \
+    case 3: FN<3>(__VA_ARGS__); break;     \
+    case 4: FN<4>(__VA_ARGS__); break;     \
+    case 5: FN<5>(__VA_ARGS__); break;     \
+    case 6: FN<6>(__VA_ARGS__); break;     \
+    case 7: FN<7>(__VA_ARGS__); break;     \
+    default: FN<8>(__VA_ARGS__); break;    \
+  }
+
+}  // namespace
+
+at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kBFloat16 && w.is_contiguous(), "gemv_bf16: bad weight");
+  const int64_t N = w.size(0), K = w.size(1), M = x.size(0);
+  check_x(x, K, "gemv_bf16");
+  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  by_rows(M, [&](int64_t m0, int64_t rows) {
+    DISPATCH_ROWS(rows, bf16_pass, xp + m0 * K, K, wp, N, y.data_ptr<float>() + m0 * N)
+  });
+  return y.to(at::kBFloat16);
+}
+
+at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kChar && w.is_contiguous(), "gemv_int8: bad weight");
+  const int64_t N = w.size(0), K = w.size(1), M = x.size(0);
+  TORCH_CHECK(K % 64 == 0, "gemv_int8: in_features must be a multiple of 64");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.numel() == N, "gemv_int8: scale must be fp32 [N]");
+  check_x(x, K, "gemv_int8");
+  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+  const QuantX xq = quantize_rows(x.data_ptr<at::BFloat16>(), M, K);
+  const std::vector<float> dxv = lane_scales(xq, M, K, 64);
+  const int64_t C = K / 64;
+  by_rows(M, [&](int64_t m0, int64_t rows) {
+    QuantX part;  // views of rows m0.. (copies are cheap next to the weights)
+    part.q.assign(xq.q.begin() + m0 * K, xq.q.begin() + (m0 + rows) * K);
+    part.absq.assign(xq.absq.begin() + m0 * K, xq.absq.begin() + (m0 + rows) * K);
+    DISPATCH_ROWS(rows, int8_pass, part, K, w.data_ptr<int8_t>(), dxv.data() + m0 * C * 16, N,
+                  y.data_ptr<float>() + m0 * N)
+  });
+  y.mul_(scale);
+  return y.to(at::kBFloat16);
+}
+
+at::Tensor gemv_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales, const at::Tensor& zeros,
+                     int64_t group_size) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous(), "gemv_int4: bad weight");
+  const int64_t N = w.size(0), K = w.size(1) * 2, M = x.size(0), G = K / group_size;
+  TORCH_CHECK(K % 128 == 0 && group_size % 32 == 0 && K % group_size == 0,
+              "gemv_int4: in_features must be a multiple of 128 and of the group size (a multiple of 32)");
+  TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && zeros.scalar_type() == at::kBFloat16 &&
+              scales.is_contiguous() && zeros.is_contiguous() && scales.numel() == N * G && zeros.numel() == N * G,
+              "gemv_int4: scales and zeros must be contiguous bf16 [N, K / group_size]");
+  check_x(x, K, "gemv_int4");
+  const QuantX xq = quantize_rows(x.data_ptr<at::BFloat16>(), M, K);
+  const std::vector<float> dxv = lane_scales(xq, M, K, 128);
+  // Deinterleave by parity and sum the dequantized activations per weight group.
+  std::vector<int8_t> xlo(M * K / 2), xhi(M * K / 2);
+  std::vector<float> xg(M * G, 0.f);
+  const int64_t B = K / 32;
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t j = 0; j < K / 2; ++j) {
+      xlo[m * K / 2 + j] = xq.q[m * K + 2 * j];
+      xhi[m * K / 2 + j] = xq.q[m * K + 2 * j + 1];
+    }
+    for (int64_t b = 0; b < B; ++b) xg[m * G + b * 32 / group_size] += xq.scale[m * B + b] * xq.bsum[m * B + b];
+  }
+  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+  const auto* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::BFloat16>());
+  const auto* zp = reinterpret_cast<const uint16_t*>(zeros.data_ptr<at::BFloat16>());
+  const int64_t C = K / 128;
+  by_rows(M, [&](int64_t m0, int64_t rows) {
+    DISPATCH_ROWS(rows, int4_pass, xlo.data() + m0 * K / 2, xhi.data() + m0 * K / 2, dxv.data() + m0 * C * 16,
+                  xg.data() + m0 * G, K, w.data_ptr<uint8_t>(), sp, zp, G, group_size, N,
+                  y.data_ptr<float>() + m0 * N)
+  });
+  return y.to(at::kBFloat16);
+}
+
+at::Tensor dequant_int4(const at::Tensor& w, const at::Tensor& scales, const at::Tensor& zeros, int64_t group_size) {
+  // The bf16 weight [N, K] for prefill-sized products (a transient copy; the float GEMM then wins).
+  const int64_t N = w.size(0), K = w.size(1) * 2, G = K / group_size;
+  TORCH_CHECK(scales.numel() == N * G && zeros.numel() == N * G && K % group_size == 0, "dequant_int4: bad shapes");
+  at::Tensor out = at::empty({N, K}, scales.options().dtype(at::kBFloat16));
+  const uint8_t* wp = w.data_ptr<uint8_t>();
+  const at::BFloat16* sp = scales.data_ptr<at::BFloat16>();
+  const at::BFloat16* zp = zeros.data_ptr<at::BFloat16>();
+  at::BFloat16* op = out.data_ptr<at::BFloat16>();
+  at::parallel_for(0, N, 16, [&](int64_t b, int64_t e) {
+    std::vector<float> row(K);
+    for (int64_t n = b; n < e; ++n) {
+      for (int64_t gi = 0; gi < G; ++gi) {
+        const float s = static_cast<float>(sp[n * G + gi]), z = static_cast<float>(zp[n * G + gi]);
+        const float base = z - 8.f * s;
+        for (int64_t j = gi * group_size / 2; j < (gi + 1) * group_size / 2; ++j) {
+          const uint8_t byte = wp[n * (K / 2) + j];
+          row[2 * j] = (byte & 0xF) * s + base;
+          row[2 * j + 1] = (byte >> 4) * s + base;
+        }
+      }
+      for (int64_t k = 0; k < K; ++k) op[n * K + k] = static_cast<at::BFloat16>(row[k]);
+    }
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("dequant_int4", &dequant_int4, "bf16 weight from int4 nibbles and bf16 scales/zeros [N, K / group]");
+  m.def("gemv_bf16", &gemv_bf16, "y = x @ w.T for few rows (bf16)");
+  m.def("gemv_int8", &gemv_int8, "y = x @ (w * scale).T for few rows (int8 weights, int8 activations per 32)");
+  m.def("gemv_int4", &gemv_int4, "y = x @ dequant(w).T for few rows (int4 nibbles, bf16 scales/zeros per group)");
+}

@@ -1,0 +1,99 @@
+"""qwen3lab's CPU decode kernels against float references, alone and inside quantized layers and a model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from qwen3lab import kernels
+from qwen3lab.quant.int4 import Int4Linear, dequantize_int4, pack_nibbles, quantize_int4
+from qwen3lab.quant.int8 import Int8Linear, dequantize_int8, quantize_int8
+
+ops = kernels.ops()
+pytestmark = pytest.mark.skipif(ops is None, reason="this CPU lacks AVX-512 BF16/VNNI (or no compiler): "
+                                                     "qwen3lab uses PyTorch's kernels there")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+# Rows 1..8 are one pass over the weights; 9 and 17 take several. Widths with tails (N % 4, K % 32).
+ROWS = (1, 2, 3, 4, 5, 8, 9, 17)
+
+
+@pytest.mark.parametrize("M", ROWS)
+@pytest.mark.parametrize("N,K", [(100, 256), (37, 200), (66, 2560)])
+def test_bf16_gemv_matches_float(M, N, K):
+    torch.manual_seed(M * N)
+    x, w = torch.randn(M, K).bfloat16(), (torch.randn(N, K) * 0.05).bfloat16()
+    ref = x.float() @ w.float().t()
+    # bf16 output rounding (2^-9 relative) is the only expected difference.
+    assert rel_err(ops.gemv_bf16(x, w), ref) < 8e-3
+
+
+@pytest.mark.parametrize("M", ROWS)
+@pytest.mark.parametrize("N,K", [(100, 256), (37, 2560)])
+def test_int8_gemv_matches_dequantized(M, N, K):
+    torch.manual_seed(M + N)
+    x, w = torch.randn(M, K).bfloat16(), torch.randn(N, K) * 0.05
+    q, s = quantize_int8(w, torch.bfloat16)
+    ref = x.float() @ dequantize_int8(q, s).t()
+    # Activations are quantized per 32 values (error ~ 1/254 of the block's largest value each).
+    assert rel_err(ops.gemv_int8(x, q, s.float()), ref) < 1.5e-2
+
+
+@pytest.mark.parametrize("M", ROWS)
+@pytest.mark.parametrize("g", [32, 64, 128, 256])
+def test_int4_gemv_matches_dequantized(M, g):
+    torch.manual_seed(M * g)
+    N, K = 52, 1024 + 256
+    x, w = torch.randn(M, K).bfloat16(), torch.randn(N, K) * 0.05
+    q, sz = quantize_int4(w, g, torch.bfloat16)
+    packed = pack_nibbles(q)
+    ref = x.float() @ dequantize_int4(packed, sz, g).t()
+    y = ops.gemv_int4(x, packed, sz[..., 0].t().contiguous(), sz[..., 1].t().contiguous(), g)
+    assert rel_err(y, ref) < 1.5e-2
+    deq = ops.dequant_int4(packed, sz[..., 0].t().contiguous(), sz[..., 1].t().contiguous(), g)
+    assert rel_err(deq, dequantize_int4(packed, sz, g)) < 4e-3  # bf16 rounding of the weights
+
+
+def test_kernels_are_not_a_silent_no_op():
+    """A wrong kernel must fail the tests above: a perturbed weight gives a clearly different product."""
+    x, w = torch.randn(1, 256).bfloat16(), torch.randn(64, 256).bfloat16()
+    w2 = w.clone()
+    w2[7, 100] += 4
+    assert (ops.gemv_bf16(x, w) - ops.gemv_bf16(x, w2)).abs()[0, 7] > 0.1
+
+
+@pytest.mark.parametrize("rows", [1, 3, 200])  # kernel (decode) and float-GEMM (prefill) paths
+@pytest.mark.parametrize("mode", ["bf16", "int8", "int4"])
+def test_layers_use_the_kernels_and_match(mode, rows):
+    torch.manual_seed(rows)
+    lin = nn.Linear(512, 96, bias=True).bfloat16()
+    with torch.no_grad():
+        lin.bias.normal_()
+    x = torch.randn(2, rows, 512).bfloat16()
+    if mode == "bf16":
+        layer, ref_w = kernels.CpuLinear.wrap(lin), lin.weight.float()
+    elif mode == "int8":
+        layer = Int8Linear.from_linear(lin)
+        ref_w = dequantize_int8(layer.weight, layer.weight_scale)
+    else:
+        layer = Int4Linear.from_linear(lin, 32)
+        ref_w = dequantize_int4(layer.weight, layer.scales_and_zeros, 32)
+        layer.prepare()
+        assert layer.kernel_scales is not None and layer.cpu_packed is None
+    ref = x.float() @ ref_w.t() + lin.bias.float()
+    with torch.inference_mode():
+        out = layer(x)
+    assert out.shape == (2, rows, 96) and out.dtype == torch.bfloat16
+    assert rel_err(out, ref) < 2e-2
+
+
+def test_no_kernel_under_autograd():
+    lin = kernels.CpuLinear.wrap(nn.Linear(64, 32).bfloat16())
+    x = torch.randn(1, 64, dtype=torch.bfloat16, requires_grad=True)
+    lin(x).sum().backward()  # the float path: gradients flow
+    assert x.grad is not None and x.grad.abs().sum() > 0
