@@ -7,6 +7,9 @@ import torch
 from torch import nn
 
 from qwen3lab import kernels
+from qwen3lab.model.attention import Attention
+from qwen3lab.model.norm import RMSNorm
+from qwen3lab.model.rope import apply_rotary
 from qwen3lab.quant.int4 import Int4Linear, dequantize_int4, pack_nibbles, quantize_int4
 from qwen3lab.quant.int8 import Int8Linear, dequantize_int8, quantize_int8
 
@@ -97,3 +100,63 @@ def test_no_kernel_under_autograd():
     x = torch.randn(1, 64, dtype=torch.bfloat16, requires_grad=True)
     lin(x).sum().backward()  # the float path: gradients flow
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("rows", [1, 5, 300])
+def test_rms_norm_matches_reference(rows):
+    torch.manual_seed(rows)
+    norm = RMSNorm(2560, 1e-6).bfloat16()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = (torch.randn(rows, 2560) * 3).bfloat16()
+    fast = kernels.CpuRMSNorm.wrap(norm)
+    with torch.inference_mode():
+        ref, out = norm(x), fast(x)
+    # Same roundings; only the fp32 sum order differs, so a rare value lands one bf16 step apart
+    # (twice rounded: normalized value, then times the weight).
+    torch.testing.assert_close(out.float(), ref.float(), rtol=1.6e-2, atol=1e-3)
+    assert (out != ref).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("with_norm", [True, False])
+def test_norm_rope_matches_reference(with_norm):
+    from qwen3lab.config import RopeConfig
+    from qwen3lab.model.rope import RotaryEmbedding
+
+    torch.manual_seed(3)
+    N, H, d = 7, 8, 128
+    rope = RotaryEmbedding(RopeConfig(theta=1e6), d)
+    cos, sin = rope(torch.arange(100, 100 + N), torch.bfloat16)
+    norm = RMSNorm(d, 1e-6).bfloat16() if with_norm else None
+    if norm is not None:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(N, H, d).bfloat16()
+    with torch.inference_mode():
+        ref = apply_rotary(norm(x) if norm is not None else x, cos, sin)
+        out = kernels.norm_rope(x, norm, cos, sin)
+    torch.testing.assert_close(out.float(), ref.float(), rtol=1.6e-2, atol=1e-2)
+    assert (out != ref).float().mean() < 0.02
+
+
+@pytest.mark.parametrize("tokens", [6, 60])  # decode-sized rows (kernels) and prefill-sized (GEMM path)
+def test_bf16_model_with_kernels_matches_plain_pytorch(scratch, tokens):
+    from checkpoints import save_reference
+    from qwen3lab import LLM
+    from qwen3lab.model import AttentionMetadata
+    from qwen3lab.weights.loader import load_checkpoint
+
+    folder = save_reference(scratch("k"), "qwen3", num_hidden_layers=2, hidden_size=256, intermediate_size=512,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=4096)[0]
+    plain = load_checkpoint(str(folder), torch.bfloat16, torch.device("cpu")).model
+    fast = LLM(str(folder), dtype="bfloat16").model
+    assert not any(isinstance(m, kernels.CpuLinear) for m in plain.modules())
+    assert sum(isinstance(m, (kernels.CpuLinear, kernels.CpuRMSNorm)) for m in fast.modules()) == 2 * 7 + 1 + 2 * 4 + 1
+    cfg = fast.config
+    ids = torch.randint(0, 4096, (tokens,), generator=torch.Generator().manual_seed(tokens))
+    meta = AttentionMetadata.build([tokens], [tokens], cfg.layer_types, cfg.sliding_window)
+    with torch.inference_mode():
+        ref = plain.compute_logits(plain(ids, meta))
+        out = fast.compute_logits(fast(ids, meta))
+    assert rel_err(out, ref) < 3e-2  # bf16 through two layers, different summation orders
+    assert (out.argmax(-1) == ref.argmax(-1)).float().mean() > 0.8

@@ -1,8 +1,9 @@
-"""CPU decode kernels (cpu_gemv.cpp), built once per machine with PyTorch's C++ extension loader.
+"""CPU decode kernels (cpu_gemv.cpp, cpu_norm_rope.cpp), built once per machine with PyTorch's C++ extension loader.
 
 Decoding multiplies a handful of activation rows by every weight matrix; PyTorch's CPU ops reach
 about half of the memory bandwidth there (measured: bf16 GEMV ~21 GB/s of ~46). The kernels in
-``cpu_gemv.cpp`` stream the weights once per step with AVX-512 BF16 / VNNI dot products. They are
+``cpu_gemv.cpp`` stream the weights once per step with AVX-512 BF16 / VNNI dot products; those in
+``cpu_norm_rope.cpp`` do RMSNorm and QK-norm + RoPE in one pass each instead of a dozen small ops. They are
 used only where they apply: a CPU with ``avx512_bf16`` and ``avx512_vnni``, bf16 activations, at
 most ``MAX_ROWS`` rows, no autograd. Everything else keeps PyTorch's own ops, so results never
 depend on whether the build worked; set ``QWEN3LAB_CPU_KERNELS=0`` to turn them off.
@@ -21,6 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..model.attention import Attention
+from ..model.norm import RMSNorm
+from ..model.rope import apply_rotary
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,9 @@ def _build():
     from torch.utils.cpp_extension import load
 
     log.info("qwen3lab: loading the CPU decode kernels (compiled on first use, about a minute)")
-    return load(name="qwen3lab_cpu_gemv", sources=[str(Path(__file__).with_name("cpu_gemv.cpp"))],
+    here = Path(__file__).parent
+    return load(name="qwen3lab_cpu_kernels",
+                sources=[str(here / f) for f in ("bindings.cpp", "cpu_gemv.cpp", "cpu_norm_rope.cpp")],
                 extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16",
                               "-mavx512vnni", "-mfma", "-mf16c"], verbose=False)
 
@@ -72,11 +79,11 @@ def ops():
     return _module
 
 
-def usable(x: torch.Tensor, in_features: int, multiple: int = 1) -> bool:
+def usable(x: torch.Tensor, in_features: int, multiple: int = 1, max_rows: int | None = MAX_ROWS) -> bool:
     """Whether the kernels take this input: bf16 on the CPU, few rows, no autograd, width fits."""
     return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and in_features % multiple == 0
-            and x.numel() // in_features <= MAX_ROWS and not (torch.is_grad_enabled() and x.requires_grad)
-            and ops() is not None)
+            and (max_rows is None or x.numel() // in_features <= max_rows)
+            and not (torch.is_grad_enabled() and x.requires_grad) and ops() is not None)
 
 
 class CpuLinear(nn.Linear):
@@ -98,16 +105,52 @@ class CpuLinear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
-def install(model: nn.Module) -> int:
-    """Swap the bf16 ``nn.Linear`` layers of an inference model for ``CpuLinear``; returns how many.
+class CpuRMSNorm(RMSNorm):
+    """``RMSNorm`` computed in one pass for bf16 inputs on the CPU (same weight, same roundings)."""
 
-    A no-op where the kernels do not apply (the build is attempted here, so its cost is paid at load).
+    @classmethod
+    def wrap(cls, norm: RMSNorm) -> "CpuRMSNorm":
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.weight, new.eps = norm.weight, norm.eps
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dtype == torch.bfloat16 and usable(x, x.shape[-1], max_rows=None) and x.is_contiguous():
+            return ops().rms_norm_bf16(x, self.weight, self.eps)
+        return super().forward(x)
+
+
+def norm_rope(x: torch.Tensor, norm: RMSNorm | None, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``apply_rotary(norm(x), cos, sin)`` for x [N, heads, d], in one pass where the kernel applies."""
+    if (x.dtype == cos.dtype == torch.bfloat16 and (norm is None or norm.weight.dtype == torch.bfloat16)
+            and usable(x, x.shape[-1], max_rows=None)):
+        return ops().norm_rope_bf16(x, None if norm is None else norm.weight, cos, sin,
+                                    norm.eps if norm is not None else 0.0)
+    return apply_rotary(norm(x) if norm is not None else x, cos, sin)
+
+
+def install(model: nn.Module) -> int:
+    """Swap an inference model's bf16 ``nn.Linear`` and ``RMSNorm`` layers for the kernel-backed ones
+    and fuse QK-norm with RoPE; returns how many modules changed.
+
+    A no-op for other dtypes or where the kernels do not apply (the build is attempted here, so its
+    cost is paid at load rather than in the first request).
     """
+    def on_cpu_bf16(m: nn.Module) -> bool:
+        return m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu"
+
     swaps = [(name, m) for name, m in model.named_modules()
-             if type(m) is nn.Linear and m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu"]
+             if type(m) in (nn.Linear, RMSNorm) and on_cpu_bf16(m)]
     if not swaps or ops() is None:
         return 0
     for name, m in swaps:
         parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, CpuLinear.wrap(m))
-    return len(swaps)
+        new = CpuLinear.wrap(m) if isinstance(m, nn.Linear) else CpuRMSNorm.wrap(m)
+        setattr(model.get_submodule(parent) if parent else model, attr, new)
+    fused = 0
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.norm_rope = norm_rope
+            fused += 1
+    return len(swaps) + fused

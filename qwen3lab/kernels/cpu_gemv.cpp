@@ -14,7 +14,7 @@
 //         sum_k w x^ = sum_g [ s_g * sum_{k in g} q x^ + (z_g - 8 s_g) * sum_{k in g} x^ ].
 // Anything these kernels do not cover (other CPUs, M > 64, odd widths) stays with PyTorch's ops; the
 // Python side decides (qwen3lab/kernels/__init__.py).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
@@ -329,11 +329,4 @@ at::Tensor dequant_int4(const at::Tensor& w, const at::Tensor& scales, const at:
     }
   });
   return out;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("dequant_int4", &dequant_int4, "bf16 weight from int4 nibbles and bf16 scales/zeros [N, K / group]");
-  m.def("gemv_bf16", &gemv_bf16, "y = x @ w.T for few rows (bf16)");
-  m.def("gemv_int8", &gemv_int8, "y = x @ (w * scale).T for few rows (int8 weights, int8 activations per 32)");
-  m.def("gemv_int4", &gemv_int4, "y = x @ dequant(w).T for few rows (int4 nibbles, bf16 scales/zeros per group)");
 }

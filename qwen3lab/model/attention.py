@@ -36,6 +36,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
+        self.norm_rope = None  # optional fused (QK-norm +) RoPE, set by qwen3lab.kernels.install on the CPU
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata,
                 kv_cache=None) -> torch.Tensor:
@@ -44,9 +45,12 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(N, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(N, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(N, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:  # Qwen3: per-head RMSNorm before RoPE
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.norm_rope is not None:  # the same computation in one kernel pass each
+            q, k = self.norm_rope(q, self.q_norm, cos, sin), self.norm_rope(k, self.k_norm, cos, sin)
+        else:
+            if self.q_norm is not None:  # Qwen3: per-head RMSNorm before RoPE
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             kv_cache.write(self.layer_idx, meta.slot_mapping, k, v)
         out = None
