@@ -26,16 +26,23 @@ MODEL_VOCAB = 151936  # Qwen3 pads its embedding past the tokenizer's 151669 ids
 THINK_END = 151668
 
 SCHEMAS = {
-    "nested": {
+    "nested": {  # objects in objects and in arrays, enums, integers and numbers, required and optional
         "type": "object",
         "properties": {
             "name": {"type": "string", "maxLength": 6},
+            "kind": {"enum": ["home", "work"]},
             "address": {"type": "object",
                         "properties": {"zip": {"type": "integer", "minimum": 0, "maximum": 99999},
-                                       "city": {"type": "string", "maxLength": 5}},
-                        "required": ["zip", "city"], "additionalProperties": False},
+                                       "city": {"type": "string", "maxLength": 5},
+                                       "lat": {"type": "number", "minimum": -90, "maximum": 90}},
+                        "required": ["zip", "city", "lat"], "additionalProperties": False},
+            "phones": {"type": "array", "minItems": 1, "maxItems": 2,
+                       "items": {"type": "object",
+                                 "properties": {"label": {"enum": ["mobile", "fixed"]},
+                                                "digits": {"type": "string", "maxLength": 4}},
+                                 "required": ["label"], "additionalProperties": False}},
         },
-        "required": ["name", "address"], "additionalProperties": False,
+        "required": ["name", "kind", "address", "phones"], "additionalProperties": False,
     },
     "arrays_enums": {
         "type": "object",
@@ -103,7 +110,7 @@ def test_sampled_json_always_validates(llm, name):
     schema = SCHEMAS[name]
     factory = json_constraint_factory(llm.tokenizer, schema, thinking=False)
     prompts = [_prompt(llm, "Give me JSON."), _prompt(llm, "Another one, please.")]
-    outs = llm.generate(prompts, SamplingParams(n=3, temperature=1.0, top_p=1.0, top_k=0, seed=7, max_tokens=120),
+    outs = llm.generate(prompts, SamplingParams(n=3, temperature=1.0, top_p=1.0, top_k=0, seed=7, max_tokens=200),
                         constraint_factory=factory)
     for out in outs:
         for c in out.outputs:
@@ -111,6 +118,21 @@ def test_sampled_json_always_validates(llm, name):
             assert c.token_ids[-1] == llm.tokenizer.eos_token_id
             assert max(c.token_ids) < llm.tokenizer.vocab_size  # padded ids never sampled
             jsonschema.validate(json.loads(c.text), schema)
+
+
+def test_fifty_sampled_nested_answers_validate(llm):
+    schema = SCHEMAS["nested"]
+    factory = json_constraint_factory(llm.tokenizer, schema, thinking=False)
+    prompts = [_prompt(llm, f"Contact card number {i} as JSON.") for i in range(10)]
+    params = [SamplingParams(n=5, temperature=1.0, top_p=1.0, top_k=0, seed=100 * i, max_tokens=200)
+              for i in range(10)]  # seeds 100i + j: all 50 samples draw differently
+    outs = llm.generate(prompts, params, constraint_factory=factory)
+    answers = [c for out in outs for c in out.outputs]
+    assert len(answers) == 50
+    for c in answers:
+        assert c.finish_reason == "stop", (c.text, c.finish_reason)
+        jsonschema.validate(json.loads(c.text), schema)
+    assert len({c.text for c in answers}) >= 45  # sampled, not one answer repeated
 
 
 def test_chat_response_format_json_schema(llm):
