@@ -182,58 +182,105 @@ def test_bad_checkpoints_are_named(tmp_path, tiny):
 
 
 @torch.inference_mode()
-def reference_last_row(llm: LLM, drafter, ids: list[int]) -> torch.Tensor:
-    """The draft's first-step output for a sequence computed from scratch, without any cache."""
+def reference_chain(llm: LLM, drafter, ids: list[int], drafts: list[int]) -> list[torch.Tensor]:
+    """The draft's outputs for a chain after ``ids``, recomputed from scratch without any cache.
+
+    The EAGLE3 recurrence (SpecForge's training unroll, vLLM's proposer): row t sits at position t
+    and reads the embedding of the token after it; its hidden input is fc(target features at t) for
+    t < len(ids) - 1 and otherwise the draft's own output of row t - 1. Output j (the last row of
+    a forward over ids[1:] + drafts[:j]) picks draft j + 1. Each output is computed by a full causal
+    forward over all rows, so no KV cache, rollback or position bookkeeping is involved.
+    """
     from qwen3lab.model import AttentionMetadata
 
-    target, cfg, T = llm.model, llm.model.config, len(ids)
+    cfg, base, T = llm.model.config, drafter.model.config.base, len(ids)
     meta = AttentionMetadata.build([T], [T], cfg.layer_types, cfg.sliding_window, None)
-    _, captured = target(torch.tensor(ids), meta, None, output_hidden_layers=drafter.hidden_layers)
-    fused = drafter.model.fuse(torch.cat([captured[i] for i in drafter._aux_order], -1))[: T - 1]
-    base = drafter.model.config.base
-    dmeta = AttentionMetadata.build([T - 1], [T - 1], base.layer_types, base.sliding_window, None)
-    out = drafter.model(drafter.embed(torch.tensor(ids[1:])), fused, dmeta, None)
-    return out[-1]
+    _, captured = llm.model(torch.tensor(ids), meta, None, output_hidden_layers=drafter.hidden_layers)
+    hidden = drafter.model.fuse(torch.cat([captured[i] for i in drafter._aux_order], -1))[: T - 1]
+    outs = []
+    for j in range(max(len(drafts), 1)):
+        rows = ids[1:] + drafts[:j]
+        dmeta = AttentionMetadata.build([len(rows)], [len(rows)], base.layer_types, base.sliding_window, None)
+        out = drafter.model(drafter.embed(torch.tensor(rows)), hidden, dmeta, None)
+        outs.append(out[-1])
+        hidden = torch.cat([hidden, out[-1:]])  # the next row is fed this row's pre-norm output
+    return outs
 
 
-def test_incremental_drafting_matches_a_full_recompute(tiny):
-    """With drafts that are partly right (so 0..k get accepted), the draft state kept across steps
-    (features of accepted drafts, trimmed rejected ones, its KV cache) equals recomputing from scratch."""
+def test_chain_drafting_matches_a_full_recompute(tiny):
+    """Every token of every k-token chain, drafted through the draft's paged KV cache across steps
+    with 0..k drafts accepted (features of accepted drafts kept, rejected ones trimmed, stale chain
+    KV overwritten), equals the from-scratch recurrence; chains end early near max_tokens."""
     target, draft = tiny
-    params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
+    k = 4
+    params = SamplingParams(max_tokens=22, temperature=0.0, ignore_eos=True)
     plain = [o.token_ids for o in LLM(target, dtype="float32").generate(PROMPTS[:3], params)]
     llm = LLM(target, dtype="float32", max_num_seqs=2,
-              speculative={"method": "eagle3", "model": draft, "num_tokens": 3})
+              speculative={"method": "eagle3", "model": draft, "num_tokens": k})
     d = llm.engine.drafter
-    checks, calls = [], [0]
+    chains = []  # (token ids before the chain, drafted tokens, [(draft hidden, its own pick)] per draft)
     pick, propose = d._pick, d.propose
 
     def wrapped(seqs, budgets):
-        calls[0] = 0
+        depth, seen = [0], {s.seq_id: [] for s in seqs}
         truth = {s.seq_id: plain[int(s.request_id.split("-")[1])] for s in seqs}  # req-i is PROMPTS[i]
 
         def pick_oracle(ss, h):
             toks, probs = pick(ss, h)
-            j = calls[0]
-            if j == 0:  # the first draft step of this propose: its outputs are compared below
-                checks.extend((list(s.all_token_ids), h[r].clone()) for r, s in enumerate(ss))
-            calls[0] += 1
-            out = []
-            for s, t in zip(ss, toks):  # right for the first (output length % 3) drafts, then as drafted
+            j, out = depth[0], []
+            depth[0] += 1
+            for r, (s, t) in enumerate(zip(ss, toks)):
+                seen[s.seq_id].append((h[r].clone(), t))
+                # Right for the first (output length % (k+1)) drafts, then as drafted: 0..k accepted.
                 n_out, full = len(s.output_token_ids), truth[s.seq_id]
-                out.append(full[n_out + j] if j < n_out % 3 and n_out + j < len(full) else t)
+                out.append(full[n_out + j] if j < n_out % (k + 1) and n_out + j < len(full) else t)
             return out, probs
 
+        before = {s.seq_id: list(s.all_token_ids) for s in seqs}
         d._pick = pick_oracle
         propose(seqs, budgets)
+        chains.extend((before[s.seq_id], list(s.spec_tokens), seen[s.seq_id]) for s in seqs)
 
     d.propose = wrapped
     outs = llm.generate(PROMPTS[:3], params)
     assert [o.token_ids for o in outs] == plain
-    assert llm.engine.spec_stats["accepted"] > 5  # several multi-token acceptances happened
-    assert len(checks) > 10
-    for ids, h in checks:
-        torch.testing.assert_close(h, reference_last_row(llm, d, ids), atol=1e-4, rtol=1e-4)
+    counts = [len(c[1]) for c in chains]
+    assert counts.count(k) > 5 and min(counts) < k  # full chains, and shorter ones at the end
+    accepted = [o.outputs[0].spec_accepted for o in outs]
+    assert llm.engine.spec_stats["accepted"] > 10 and all(a > 0 for a in accepted)
+    for ids, drafts, hs in chains:
+        ref = reference_chain(llm, d, ids, drafts)
+        assert len(hs) == len(drafts) == len(ref)
+        for j, ((h, tok), r) in enumerate(zip(hs, ref)):
+            torch.testing.assert_close(h, r, atol=2e-4, rtol=1e-4, msg=lambda m: f"draft {j + 1} of {drafts}: {m}")
+            assert tok == int(d.target_ids[d.model.compute_logits(r).argmax()])
+
+
+def test_training_unroll_is_the_inference_recurrence(tiny):
+    """TTT step i at row t (batched, padded) equals draft i+1 of the chain inference drafts after
+    x_0..x_{t+1} when its earlier drafts were the data's next tokens: same fed-back hidden state,
+    same positions, same attention context."""
+    from qwen3lab.model import AttentionMetadata
+    from qwen3lab.train.eagle3 import ttt_unroll
+
+    target, draft = tiny
+    llm = LLM(target, dtype="float32", speculative={"method": "eagle3", "model": draft, "num_tokens": 2})
+    d, cfg = llm.engine.drafter, llm.model.config
+    seqs = [llm.tokenizer.encode(p) for p in (PROMPTS[0], PROMPTS[1])]
+    T, steps = max(map(len, seqs)), 4
+    ids = torch.zeros(2, T, dtype=torch.long)
+    aux = torch.zeros(2, T, 3 * cfg.hidden_size)
+    with torch.inference_mode():
+        for r, s in enumerate(seqs):
+            meta = AttentionMetadata.build([len(s)], [len(s)], cfg.layer_types, cfg.sliding_window, None)
+            _, captured = llm.model(torch.tensor(s), meta, None, output_hidden_layers=d.hidden_layers)
+            ids[r, : len(s)], aux[r, : len(s)] = torch.tensor(s), torch.cat([captured[i] for i in d._aux_order], -1)
+        outs = ttt_unroll(d.model, d.embed, ids, aux, steps)
+    for r, s in enumerate(seqs):
+        for t in (0, 3, len(s) - 2 - steps):
+            ref = reference_chain(llm, d, s[: t + 2], s[t + 2: t + 2 + steps])  # the last one unused
+            for i in range(steps):
+                torch.testing.assert_close(outs[i][r, t], ref[i], atol=1e-4, rtol=1e-4)
 
 
 def test_train_eagle3_cli_writes_the_published_layout(tmp_path, tiny):

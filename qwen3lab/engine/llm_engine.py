@@ -180,11 +180,6 @@ class LLMEngine:
         drafts = seq.spec_tokens
         tokens, accepted = verify(logits, drafts, seq.spec_probs, seq.params, seq.prompt_token_ids,
                                   seq.output_token_ids, seq.generator, self._banned(seq), seq.params.min_tokens)
-        seq.num_drafted += len(drafts)
-        seq.num_accepted += accepted
-        seq.num_spec_steps += 1
-        for key, value in (("steps", 1), ("drafted", len(drafts)), ("accepted", accepted)):
-            self.spec_stats[key] += value
         seq.spec_tokens, seq.spec_probs = [], None
         want_lp = seq.params.logprobs is not None
         lps = logits[: len(tokens)].log_softmax(-1) if want_lp else None
@@ -200,6 +195,14 @@ class LLMEngine:
             deltas.append(self._append(seq, tok, lp))
             if seq.is_finished:
                 break
+        # Accepted drafts past a stop are not output: count what was (mean accepted length =
+        # (accepted + steps) / steps, each step also emits the target's own token unless it stopped first).
+        emitted = min(accepted, len(deltas))
+        seq.num_drafted += len(drafts)
+        seq.num_accepted += emitted
+        seq.num_spec_steps += 1
+        for key, value in (("steps", 1), ("drafted", len(drafts)), ("accepted", emitted)):
+            self.spec_stats[key] += value
         if not seq.is_finished:
             # Keys past the accepted tokens are stale: the next step overwrites them.
             seq.num_computed = seq.num_tokens - 1

@@ -52,24 +52,21 @@ class Eagle3TrainConfig:
     log_every: int = 25
 
 
-def ttt_losses(model: Eagle3Model, embed, ids: torch.Tensor, aux: torch.Tensor, labels: torch.Tensor,
-               mask: torch.Tensor, steps: int) -> tuple[list[torch.Tensor], list[float]]:
-    """ids [B, T], aux [B, T, 3h], labels [B, T] draft ids at each position, mask [B, T] bool.
+def ttt_unroll(model: Eagle3Model, embed, ids: torch.Tensor, aux: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """ids [B, T], aux [B, T, 3h] -> the draft's pre-norm outputs h^(1) .. h^(steps), each [B, T, h].
 
-    Returns the loss and the top-1 accuracy of each unrolled step.
+    Row t of output i is what the draft computes at inference for the (i+1)-th token of a chain
+    drafted after x_0..x_{t+1}, when its first i drafts were x_{t+2}..x_{t+1+i}.
     """
     B, T = ids.shape
     mid, attn = model.midlayer, model.midlayer.self_attn
     H, KV, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     hidden = model.fuse(aux)
-    keys, values, losses, accs = [], [], [], []
+    keys, values, outs = [], [], []
     for i in range(steps):
-        # Row t at step i: token x_{t+1+i} at position t+i predicts label y_{t+1+i}.
-        shift = 1 + i
-        tok = F.pad(ids[:, shift:], (0, shift))
-        lab = F.pad(labels[:, shift:], (0, shift))
-        m = F.pad(mask[:, shift:], (0, shift))
+        # Row t at step i: token x_{t+1+i} at position t+i.
+        tok = F.pad(ids[:, 1 + i:], (0, 1 + i))
         x, residual = mid.attn_input(embed(tok), hidden)
         q = attn.q_proj(x).view(B, T, H, d)
         k = attn.k_proj(x).view(B, T, KV, d)
@@ -86,6 +83,21 @@ def ttt_losses(model: Eagle3Model, embed, ids: torch.Tensor, aux: torch.Tensor, 
         for j in range(1, i + 1):
             o = o + p[..., T + j - 1: T + j] * values[j]
         hidden = mid.finish(residual, attn.o_proj(o.transpose(1, 2).reshape(B, T, H * d)))
+        outs.append(hidden)
+    return outs
+
+
+def ttt_losses(model: Eagle3Model, embed, ids: torch.Tensor, aux: torch.Tensor, labels: torch.Tensor,
+               mask: torch.Tensor, steps: int) -> tuple[list[torch.Tensor], list[float]]:
+    """ids [B, T], aux [B, T, 3h], labels [B, T] draft ids at each position, mask [B, T] bool.
+
+    Returns the loss and the top-1 accuracy of each unrolled step.
+    """
+    losses, accs = [], []
+    for i, hidden in enumerate(ttt_unroll(model, embed, ids, aux, steps)):
+        # Row t at step i predicts label y_{t+1+i}, the target's token after x_{t+1+i}.
+        lab = F.pad(labels[:, 1 + i:], (0, 1 + i))
+        m = F.pad(mask[:, 1 + i:], (0, 1 + i))
         logits = model.compute_logits(hidden)[m]
         losses.append(F.cross_entropy(logits, lab[m]) if m.any() else logits.sum() * 0)
         accs.append((logits.argmax(-1) == lab[m]).float().mean().item() if m.any() else 0.0)
