@@ -49,7 +49,8 @@ class LLM:
                  max_num_seqs: int = 16, max_model_len: int | None = None, max_num_batched_tokens: int = 512,
                  kv_cache_memory_gb: float = 4.0, enable_prefix_caching: bool = True,
                  lora: str | Path | None = None, speculative: dict | None = None,
-                 quantization: str | None = None, quantization_group_size: int | None = None):
+                 quantization: str | None = None, quantization_group_size: int | None = None,
+                 fuse_projections: bool = True):
         """``quantization``: "int8" or "int4" weight-only quantization of every linear layer and the head
         (see qwen3lab/quant); ``quantization_group_size``: int4 group (32, 64, 128 or 256)."""
         if model is None:
@@ -82,6 +83,10 @@ class LLM:
             from .quant.apply import ensure_quantized
 
             ensure_quantized(self.model, quantization, quantization_group_size)
+        if fuse_projections:  # one [q; k; v] and one [gate; up] product per layer (exact; see model/fuse.py)
+            from .model.fuse import fuse_projections as fuse
+
+            fuse(self.model)
         if self.device.type == "cpu":  # few-row bf16 products in qwen3lab's decode kernel (a module swap)
             from .kernels import install
 

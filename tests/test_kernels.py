@@ -151,7 +151,9 @@ def test_bf16_model_with_kernels_matches_plain_pytorch(scratch, tokens):
     plain = load_checkpoint(str(folder), torch.bfloat16, torch.device("cpu")).model
     fast = LLM(str(folder), dtype="bfloat16").model
     assert not any(isinstance(m, kernels.CpuLinear) for m in plain.modules())
-    assert sum(isinstance(m, (kernels.CpuLinear, kernels.CpuRMSNorm)) for m in fast.modules()) == 2 * 7 + 1 + 2 * 4 + 1
+    # Fused [q; k; v] and [gate; up] (model/fuse.py): per layer 4 linears and 4 norms; then the head and norm.
+    assert all("qkv_proj" in layer.self_attn._modules for layer in fast.model.layers)
+    assert sum(isinstance(m, (kernels.CpuLinear, kernels.CpuRMSNorm)) for m in fast.modules()) == 2 * 8 + 2
     cfg = fast.config
     ids = torch.randint(0, 4096, (tokens,), generator=torch.Generator().manual_seed(tokens))
     meta = AttentionMetadata.build([tokens], [tokens], cfg.layer_types, cfg.sliding_window)

@@ -42,9 +42,15 @@ class Attention(nn.Module):
                 kv_cache=None) -> torch.Tensor:
         """x: [N, hidden] flat tokens -> [N, hidden]."""
         N = x.shape[0]
-        q = self.q_proj(x).view(N, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(N, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(N, self.num_kv_heads, self.head_dim)
+        if "qkv_proj" in self._modules:  # fused by model/fuse.py
+            q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+            q = q.reshape(N, self.num_heads, self.head_dim)
+            k = k.reshape(N, self.num_kv_heads, self.head_dim)
+            v = v.reshape(N, self.num_kv_heads, self.head_dim)
+        else:
+            q = self.q_proj(x).view(N, self.num_heads, self.head_dim)
+            k = self.k_proj(x).view(N, self.num_kv_heads, self.head_dim)
+            v = self.v_proj(x).view(N, self.num_kv_heads, self.head_dim)
         if self.norm_rope is not None:  # the same computation in one kernel pass each
             q, k = self.norm_rope(q, self.q_norm, cos, sin), self.norm_rope(k, self.k_norm, cos, sin)
         else:

@@ -1,0 +1,76 @@
+"""Fusing q/k/v and gate/up projections into one matrix each, for inference.
+
+A decode step is bandwidth-bound and every product is a separate call: one [q; k; v] product
+instead of three (and [gate; up] instead of two) reads the same bytes with fewer calls, and for
+quantized layers quantizes the activations once instead of per projection. Every supported layer
+type is quantized per output row, so stacking rows is exact: the fused layer computes exactly the
+outputs of the separate ones. Layers of other kinds (LoRA wrappers, PyTorch's packed int4) are left
+separate. Checkpoints keep the Hugging Face names; this is applied after loading, like quantization.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..quant.int4 import Int4Linear
+from ..quant.int8 import Int8Linear
+
+
+def _stack(parts: list[nn.Module]) -> nn.Module | None:
+    """One layer whose output is the parts' outputs concatenated, or None if they cannot be stacked."""
+    kind = type(parts[0])
+    if not issubclass(kind, (nn.Linear, Int8Linear, Int4Linear)) or any(type(p) is not kind for p in parts):
+        return None  # e.g. LoRA wrappers: their adapters are per projection
+    if len({p.in_features for p in parts}) != 1:
+        return None
+    has_bias = parts[0].bias is not None
+    if any((p.bias is not None) != has_bias for p in parts):
+        return None
+    out_features = sum(p.out_features for p in parts)
+    bias = torch.cat([p.bias.data for p in parts]) if has_bias else None
+    if issubclass(kind, nn.Linear):
+        new = kind.__new__(kind)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features = parts[0].in_features, out_features
+        new.weight = nn.Parameter(torch.cat([p.weight.data for p in parts]), requires_grad=False)
+        new.bias = nn.Parameter(bias, requires_grad=False) if has_bias else None
+        return new
+    if kind is Int8Linear:
+        new = Int8Linear(parts[0].in_features, out_features, has_bias, parts[0].weight_scale.dtype, "meta")
+        new.weight = nn.Parameter(torch.cat([p.weight.data for p in parts]), requires_grad=False)
+        new.weight_scale = nn.Parameter(torch.cat([p.weight_scale.data for p in parts]), requires_grad=False)
+    elif kind is Int4Linear and all(p.kernel_scales is not None for p in parts):
+        g = parts[0].group_size
+        if any(p.group_size != g for p in parts):
+            return None
+        new = Int4Linear(parts[0].in_features, out_features, g, has_bias, parts[0].scales_and_zeros.dtype, "meta")
+        new.weight = nn.Parameter(torch.cat([p.weight.data for p in parts]), requires_grad=False)
+        sz = [p.scales_and_zeros.data for p in parts]
+        new.scales_and_zeros = nn.Parameter(torch.cat(sz, dim=1) if all(t.numel() for t in sz) else sz[0].new_empty(0),
+                                            requires_grad=False)
+        new.kernel_scales = torch.cat([p.kernel_scales for p in parts])
+        new.kernel_zeros = torch.cat([p.kernel_zeros for p in parts])
+    else:
+        return None
+    new.bias = nn.Parameter(bias, requires_grad=False) if has_bias else None
+    return new
+
+
+def fuse_projections(model: nn.Module) -> int:
+    """Fuse every decoder layer's q/k/v and gate/up projections in place; returns how many fusions."""
+    count = 0
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv = _stack([attn.q_proj, attn.k_proj, attn.v_proj])
+        if qkv is not None:
+            attn.qkv_proj, attn.qkv_sizes = qkv, (attn.q_proj.out_features, attn.k_proj.out_features,
+                                                 attn.v_proj.out_features)
+            del attn.q_proj, attn.k_proj, attn.v_proj
+            count += 1
+        gate_up = _stack([mlp.gate_proj, mlp.up_proj])
+        if gate_up is not None:
+            mlp.gate_up_proj = gate_up
+            del mlp.gate_proj, mlp.up_proj
+            count += 1
+    return count
