@@ -127,3 +127,20 @@ def test_acceptance_rule_reproduces_target_exactly():
     greedy = SamplingParams(temperature=0.0).resolve(None)
     assert verify(logits, [0], None, greedy, [0], [], g) == ([0, 0], 1)
     assert verify(logits, [3], None, greedy, [0], [], g) == ([0], 0)
+
+
+def test_bench_speculative_cli(target, tmp_path, capsys):
+    """`qwen3lab bench --speculative`: both runs decode the same prompts; the target drafting for
+    itself is always accepted and must not change the output."""
+    import json
+
+    from qwen3lab.cli.main import main
+
+    out = tmp_path / "spec.json"
+    spec = json.dumps({"method": "draft", "model": target, "num_tokens": 3})
+    assert main(["bench", "--speculative", spec, "--model", target, "--spec-prompts", "2",
+                 "--decode-tokens", "9", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["identical_to_plain"] and report["draft_acceptance"] == 1.0
+    assert report["mean_accepted_length"] > 2 and report["plain_decode_tok_s"] > 0
+    assert "speculative / plain:" in capsys.readouterr().out

@@ -58,7 +58,8 @@ def compare_speculative(spec: dict, model: str | None = None, num_prompts: int =
     report = {"model": model or "SmolLM2-135M-Instruct (embedded)", "speculative": spec, "dtype": dtype,
               "prompts": num_prompts, "max_tokens": max_tokens,
               "plain_decode_tok_s": plain["decode_tok_s"], "speculative_decode_tok_s": fast["decode_tok_s"],
-              "speedup": fast["decode_tok_s"] / plain["decode_tok_s"],
+              "speedup": fast["decode_tok_s"] / plain["decode_tok_s"] if plain["decode_tok_s"] and fast["decode_tok_s"]
+              else None,
               "identical_to_plain": fast["outputs"] == plain["outputs"],
               **{k: fast.get(k) for k in ("spec_steps", "mean_accepted_length", "draft_acceptance")}}
     print_report(report)
@@ -71,9 +72,12 @@ def print_report(r: dict) -> None:
     print(f"{r['model']} | {r['dtype']} | {r['prompts']} prompts x {r['max_tokens']} tokens, greedy, batch 1 | "
           f"speculative {json.dumps(r['speculative'])}")
     print(f"{'decode':<13}{'tok/s':>8}{'accepted len':>14}{'draft acc':>11}")
-    print(f"{'plain':<13}{r['plain_decode_tok_s']:>8.2f}{'-':>14}{'-':>11}")
+    def num(v, fmt):  # a run whose outputs all stopped after one token has no decode rate
+        return fmt.format(v) if v is not None else "-"
+
     acc_len, acc = r.get("mean_accepted_length"), r.get("draft_acceptance")
-    print(f"{'speculative':<13}{r['speculative_decode_tok_s']:>8.2f}"
-          f"{(f'{acc_len:.3f}' if acc_len else '-'):>14}{(f'{acc:.3f}' if acc is not None else '-'):>11}")
-    print(f"speculative / plain: {r['speedup']:.2f}x; outputs identical to plain: "
+    print(f"{'plain':<13}{num(r['plain_decode_tok_s'], '{:.2f}'):>8}{'-':>14}{'-':>11}")
+    print(f"{'speculative':<13}{num(r['speculative_decode_tok_s'], '{:.2f}'):>8}"
+          f"{num(acc_len, '{:.3f}'):>14}{num(acc, '{:.3f}'):>11}")
+    print(f"speculative / plain: {num(r['speedup'], '{:.2f}x')}; outputs identical to plain: "
           f"{'yes' if r['identical_to_plain'] else 'NO'}")
