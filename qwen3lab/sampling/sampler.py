@@ -88,8 +88,12 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], prompt_ids: list[
     sampled_rows = [i for i, p in enumerate(params) if p.temperature != 0]
     if sampled_rows:
         probs = processed_probs(logits[sampled_rows], [params[i] for i in sampled_rows])
+        # Inverse-CDF draw, one uniform per row: over a 152k vocabulary this is several times cheaper
+        # than torch.multinomial. With right=True a zero-probability token can never be chosen.
+        cdf = probs.double().cumsum(dim=-1)
         for row, i in enumerate(sampled_rows):
-            tokens[i] = int(torch.multinomial(probs[row], 1, generator=generators[i]).item())
+            u = torch.rand(1, generator=generators[i], dtype=torch.float64) * cdf[row, -1]
+            tokens[i] = min(int(torch.searchsorted(cdf[row], u, right=True)), probs.shape[1] - 1)
     return SampleResult(tokens, _logprobs(raw, params, tokens))
 
 
