@@ -53,7 +53,8 @@ def _build():
     log.info("qwen3lab: loading the CPU decode kernels (compiled on first use, about a minute)")
     here = Path(__file__).parent
     return load(name="qwen3lab_cpu_kernels",
-                sources=[str(here / f) for f in ("bindings.cpp", "cpu_gemv.cpp", "cpu_norm_rope.cpp")],
+                sources=[str(here / f) for f in ("bindings.cpp", "cpu_gemv.cpp", "cpu_norm_rope.cpp",
+                                                              "cpu_attention.cpp")],
                 extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16",
                               "-mavx512vnni", "-mfma", "-mf16c"], verbose=False)
 
@@ -130,6 +131,17 @@ def norm_rope(x: torch.Tensor, norm: RMSNorm | None, cos: torch.Tensor, sin: tor
     return apply_rotary(norm(x) if norm is not None else x, cos, sin)
 
 
+def decode_attention(q: torch.Tensor, cache, layer: int, group, window: int, scale: float) -> torch.Tensor | None:
+    """Attention of one new token per row (q [G, 1, heads, d]) read in place from the paged cache, or
+    None where the kernel does not apply (then the caller uses SDPA)."""
+    k = cache.k[layer]
+    if not (q.dtype == k.dtype == torch.bfloat16 and usable(q, q.shape[-1], max_rows=None)):
+        return None
+    out = ops().paged_decode_attention(q.reshape(q.shape[0], q.shape[2], q.shape[3]), k, cache.v[layer],
+                                       group.gather, group.context_lens, scale, window)
+    return out.unsqueeze(1)
+
+
 def install(model: nn.Module) -> int:
     """Swap an inference model's bf16 ``nn.Linear`` and ``RMSNorm`` layers for the kernel-backed ones
     and fuse QK-norm with RoPE; returns how many modules changed.
@@ -151,6 +163,6 @@ def install(model: nn.Module) -> int:
     fused = 0
     for m in model.modules():
         if isinstance(m, Attention):
-            m.norm_rope = norm_rope
+            m.norm_rope, m.decode_attention = norm_rope, decode_attention
             fused += 1
     return len(swaps) + fused

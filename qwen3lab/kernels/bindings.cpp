@@ -1,4 +1,4 @@
-// Python bindings of the CPU kernels (cpu_gemv.cpp, cpu_norm_rope.cpp).
+// Python bindings of the CPU kernels (cpu_gemv.cpp, cpu_norm_rope.cpp, cpu_attention.cpp).
 #include <torch/extension.h>
 
 at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& w);
@@ -9,6 +9,8 @@ at::Tensor dequant_int4(const at::Tensor& w, const at::Tensor& scales, const at:
 at::Tensor rms_norm_bf16(const at::Tensor& x, const at::Tensor& w, double eps);
 at::Tensor norm_rope_bf16(const at::Tensor& x, const c10::optional<at::Tensor>& w, const at::Tensor& cos,
                           const at::Tensor& sin, double eps);
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                  const at::Tensor& slots, const at::Tensor& ctx, double scale, int64_t window);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv_bf16", &gemv_bf16, "y = x @ w.T for few rows (bf16)");
@@ -16,5 +18,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv_int4", &gemv_int4, "y = x @ dequant(w).T for few rows (int4 nibbles, bf16 scales/zeros per group)");
   m.def("dequant_int4", &dequant_int4, "bf16 weight from int4 nibbles and bf16 scales/zeros [N, K / group]");
   m.def("rms_norm_bf16", &rms_norm_bf16, "RMSNorm over the last dim, reference roundings (bf16)");
+  m.def("paged_decode_attention", &paged_decode_attention, "one-token-per-sequence attention over the paged cache");
   m.def("norm_rope_bf16", &norm_rope_bf16, "per-head RMSNorm (optional) then rotary embedding (bf16)");
 }

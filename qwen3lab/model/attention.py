@@ -36,7 +36,11 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
-        self.norm_rope = None  # optional fused (QK-norm +) RoPE, set by qwen3lab.kernels.install on the CPU
+        self.sliding_window = config.sliding_window if self.layer_type == "sliding_attention" else 0
+        # Optional kernels, set by qwen3lab.kernels.install on the CPU: fused (QK-norm +) RoPE, and
+        # one-token-per-row attention read in place from the paged cache (returns None where it does not apply).
+        self.norm_rope = None
+        self.decode_attention = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata,
                 kv_cache=None) -> torch.Tensor:
@@ -66,17 +70,11 @@ class Attention(nn.Module):
                 qg = q.view(G, T, self.num_heads, self.head_dim)
             else:
                 qg = q[g.token_index]
-            if kv_cache is not None:
-                kg, vg = kv_cache.gather(self.layer_idx, g.gather)  # [G, S, kvh, d]
-            elif g.covers_all:
-                kg, vg = k.view(G, T, self.num_kv_heads, self.head_dim), v.view(G, T, self.num_kv_heads, self.head_dim)
-            else:
-                kg, vg = k[g.token_index], v[g.token_index]
-            mask = g.masks[self.layer_type]
-            o = F.scaled_dot_product_attention(
-                qg.transpose(1, 2), kg.transpose(1, 2), vg.transpose(1, 2), attn_mask=mask, is_causal=mask is None,
-                scale=self.scaling, enable_gqa=self.num_kv_heads != self.num_heads,
-            ).transpose(1, 2)  # [G, T, heads, d]
+            o = None
+            if self.decode_attention is not None and kv_cache is not None and T == 1:
+                o = self.decode_attention(qg, kv_cache, self.layer_idx, g, self.sliding_window, self.scaling)
+            if o is None:
+                o = self._sdpa(qg, k, v, g, kv_cache)  # [G, T, heads, d]
             if g.covers_all:
                 out = o.reshape(N, -1)
             else:
@@ -84,3 +82,18 @@ class Attention(nn.Module):
                     out = o.new_empty(N, self.num_heads * self.head_dim)  # o: SDPA dtype (bf16 under autocast)
                 out[g.token_index.reshape(-1)] = o.reshape(G * T, -1)
         return self.o_proj(out)
+
+    def _sdpa(self, qg: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g, kv_cache) -> torch.Tensor:
+        """PyTorch's SDPA for one row group: keys gathered from the paged cache, or the step's own."""
+        G, T = g.token_index.shape
+        if kv_cache is not None:
+            kg, vg = kv_cache.gather(self.layer_idx, g.gather)  # [G, S, kvh, d]
+        elif g.covers_all:
+            kg, vg = k.view(G, T, self.num_kv_heads, self.head_dim), v.view(G, T, self.num_kv_heads, self.head_dim)
+        else:
+            kg, vg = k[g.token_index], v[g.token_index]
+        mask = g.masks[self.layer_type]
+        return F.scaled_dot_product_attention(
+            qg.transpose(1, 2), kg.transpose(1, 2), vg.transpose(1, 2), attn_mask=mask, is_causal=mask is None,
+            scale=self.scaling, enable_gqa=self.num_kv_heads != self.num_heads,
+        ).transpose(1, 2)

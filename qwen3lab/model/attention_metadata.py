@@ -24,6 +24,7 @@ class RowGroup:
     key_len: int  # S
     gather: torch.Tensor | None  # [G, S] flat cache indices, None without a cache
     masks: dict[str, torch.Tensor | None]  # layer type -> bool [G, 1, T, S]; None: plain causal
+    context_lens: torch.Tensor | None = None  # [G] keys each row attends to (its context length)
     token_index: torch.Tensor | None = None  # [G, T] positions of the group's tokens in the flat batch
     covers_all: bool = False  # the group is the whole batch in order: views instead of gathers
 
@@ -95,4 +96,4 @@ def _group(rows, n, ctx_lens, kinds, window, block_tables, block_size, device) -
     masks["full_attention"] = None if plain else causal.unsqueeze(1).to(device)
     if "sliding_attention" in kinds:
         masks["sliding_attention"] = (causal & (k > q - window)).unsqueeze(1).to(device)
-    return RowGroup(rows, n, S, gather, masks)
+    return RowGroup(rows, n, S, gather, masks, context_lens=torch.tensor(ctx_lens))
