@@ -24,7 +24,7 @@
 
 namespace {
 
-constexpr int64_t kMaxRows = 8;  // activation rows handled per pass over the weights
+constexpr int64_t kMaxRows = 4;  // activation rows per pass over the weights (measured: 2 passes of 4 beat 1 of 8)
 
 inline __m512 bf16x16_to_fp32(__m256i v) {  // 16 bf16 -> 16 fp32 (exact)
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
@@ -35,28 +35,28 @@ inline __m512 bf16x16_to_fp32(__m256i v) {  // 16 bf16 -> 16 fp32 (exact)
 template <int R, int MB>
 void bf16_rows(const uint16_t* x, int64_t K, const uint16_t* W, int64_t n0, float* y, int64_t N) {
   __m512 acc[R][MB];
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
     __m512bh xv[MB];
-    for (int m = 0; m < MB; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(x + m * K + k);
-    for (int r = 0; r < R; ++r) {
+    _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(x + m * K + k);
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
       __m512bh w = (__m512bh)_mm512_loadu_si512(W + (n0 + r) * K + k);
-      for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], w, xv[m]);
+      _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], w, xv[m]);
     }
   }
   if (k < K) {  // tail: masked loads read zeros past the end
     __mmask32 mask = (__mmask32)((1ull << (K - k)) - 1);
     __m512bh xv[MB];
-    for (int m = 0; m < MB; ++m) xv[m] = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + m * K + k);
-    for (int r = 0; r < R; ++r) {
+    _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) xv[m] = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + m * K + k);
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
       __m512bh w = (__m512bh)_mm512_maskz_loadu_epi16(mask, W + (n0 + r) * K + k);
-      for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], w, xv[m]);
+      _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], w, xv[m]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < MB; ++m) y[m * N + n0 + r] = _mm512_reduce_add_ps(acc[r][m]);
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) y[m * N + n0 + r] = _mm512_reduce_add_ps(acc[r][m]);
 }
 
 template <int MB>
@@ -110,20 +110,20 @@ QuantX quantize_rows(const at::BFloat16* x, int64_t M, int64_t K) {
 template <int R, int MB>
 void int8_rows(const QuantX& xq, int64_t K, const int8_t* W, const float* dxv, int64_t n0, float* y, int64_t N) {
   __m512 acc[R][MB];
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
   const __m512i zero = _mm512_setzero_si512();
   const int64_t C = K / 64;
   for (int64_t c = 0; c < C; ++c) {
     __m512i ax[MB];
     __mmask64 neg[MB];
-    for (int m = 0; m < MB; ++m) {
+    _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) {
       ax[m] = _mm512_loadu_si512(xq.absq.data() + m * K + c * 64);
       neg[m] = _mm512_movepi8_mask(_mm512_loadu_si512(xq.q.data() + m * K + c * 64));
     }
-    for (int r = 0; r < R; ++r) {
+    _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
       const __m512i w = _mm512_loadu_si512(W + (n0 + r) * K + c * 64);
-      for (int m = 0; m < MB; ++m) {
+      _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) {
         // |x| * (sign(x) w): vpdpbusd wants its first operand unsigned.
         const __m512i ws = _mm512_mask_sub_epi8(w, neg[m], zero, w);
         const __m512i dot = _mm512_dpbusd_epi32(zero, ax[m], ws);
@@ -131,8 +131,8 @@ void int8_rows(const QuantX& xq, int64_t K, const int8_t* W, const float* dxv, i
       }
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < MB; ++m) y[m * N + n0 + r] = _mm512_reduce_add_ps(acc[r][m]);
+  _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) y[m * N + n0 + r] = _mm512_reduce_add_ps(acc[r][m]);
 }
 
 template <int MB>
@@ -152,7 +152,7 @@ void int4_row(const int8_t* xlo, const int8_t* xhi, const float* dxv, const floa
               const uint8_t* Wrow, const uint16_t* srow, const uint16_t* zrow, int64_t G, int64_t g,
               const __m512i lane_group, float* y, int64_t N, int64_t n) {
   __m512 acc[MB];
-  for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
+  _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
   const __m512i zero = _mm512_setzero_si512(), low4 = _mm512_set1_epi8(0x0F);
   const int64_t C = K / 128;
   for (int64_t c = 0; c < C; ++c) {
@@ -165,7 +165,7 @@ void int4_row(const int8_t* xlo, const int8_t* xhi, const float* dxv, const floa
     const __mmask16 lm = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
     const __m512 sv = bf16x16_to_fp32(_mm256_maskz_loadu_epi16(lm, srow + g0));
     const __m512 s_lanes = _mm512_permutexvar_ps(lane_group, sv);
-    for (int m = 0; m < MB; ++m) {
+    _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) {
       __m512i dot = _mm512_dpbusd_epi32(zero, lo, _mm512_loadu_si512(xlo + m * (K / 2) + c * 64));
       dot = _mm512_dpbusd_epi32(dot, hi, _mm512_loadu_si512(xhi + m * (K / 2) + c * 64));
       const __m512 scale = _mm512_mul_ps(s_lanes, _mm512_loadu_ps(dxv + (m * C + c) * 16));
@@ -174,7 +174,7 @@ void int4_row(const int8_t* xlo, const int8_t* xhi, const float* dxv, const floa
   }
   // Zero-point term: sum_g (z_g - 8 s_g) * sum_{k in g} x^.
   __m512 accz[MB];
-  for (int m = 0; m < MB; ++m) accz[m] = _mm512_setzero_ps();
+  _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) accz[m] = _mm512_setzero_ps();
   const __m512 eight = _mm512_set1_ps(8.f);
   for (int64_t i = 0; i < G; i += 16) {
     const int64_t left = G - i;
@@ -182,9 +182,9 @@ void int4_row(const int8_t* xlo, const int8_t* xhi, const float* dxv, const floa
     const __m512 s = bf16x16_to_fp32(_mm256_maskz_loadu_epi16(lm, srow + i));
     const __m512 z = bf16x16_to_fp32(_mm256_maskz_loadu_epi16(lm, zrow + i));
     const __m512 mz = _mm512_fnmadd_ps(eight, s, z);
-    for (int m = 0; m < MB; ++m) accz[m] = _mm512_fmadd_ps(mz, _mm512_maskz_loadu_ps(lm, xg + m * G + i), accz[m]);
+    _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) accz[m] = _mm512_fmadd_ps(mz, _mm512_maskz_loadu_ps(lm, xg + m * G + i), accz[m]);
   }
-  for (int m = 0; m < MB; ++m) y[m * N + n] = _mm512_reduce_add_ps(acc[m]) + _mm512_reduce_add_ps(accz[m]);
+  _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) y[m * N + n] = _mm512_reduce_add_ps(acc[m]) + _mm512_reduce_add_ps(accz[m]);
 }
 
 template <int MB>
