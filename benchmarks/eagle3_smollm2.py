@@ -7,6 +7,8 @@ batched engine; chunks of the shipped story corpus are added as given responses 
 cheap: one target forward each); (2) ``train_eagle3`` (TTT objective, see qwen3lab/train/eagle3.py);
 (3) on held-out prompts (subjects never trained on), greedy decoding one request at a time: plain,
 then EAGLE3 with k = 1..5 (outputs must equal plain), mean accepted length and wall-clock tokens/s;
+the draft's held-out accuracy a_j at chain depth j = 1..5 on the plain outputs (draft j right when
+drafts 1..j-1 were the target's tokens): mean accepted length is about 1 + a_1 + a_1 a_2 + ...;
 (4) the n-gram drafter against plain on an extraction prompt. Writes OUT/results.json.
 The defaults are sized for a heavily shared 2-core CPU; raise them on a free machine.
 """
@@ -29,6 +31,27 @@ def corpus_records(n: int, words: int = 110) -> list[dict]:
     text = (Path(eagle3_prompts.__file__).parent / "ppl_corpus.txt").read_text().split()
     chunks = [" ".join(text[i: i + words]) for i in range(0, len(text) - words, words)][:n]
     return [{"prompt": "Continue the story.", "response": c} for c in chunks]
+
+
+@torch.inference_mode()
+def depth_accuracy(llm: LLM, draft: str, outs, depth: int = 5) -> list[float]:
+    """Teacher-forced held-out accuracy of chain drafts 1..depth on the target's greedy outputs."""
+    from qwen3lab.spec.eagle3 import Eagle3Drafter
+    from qwen3lab.train.eagle3 import ttt_unroll
+    from qwen3lab.train.eagle3_data import Example, record
+
+    d = Eagle3Drafter.from_spec({"model": draft}, llm.model, 64, 1, torch.float32, "cpu")
+    hits, total = torch.zeros(depth), torch.zeros(depth)
+    for o in outs:
+        e = Example(list(o.prompt_token_ids) + list(o.token_ids), len(o.prompt_token_ids))
+        record(llm.model, [e], d.model.config.target_layers(llm.config.num_hidden_layers))
+        for i, h in enumerate(ttt_unroll(d.model, d.embed, torch.tensor([e.ids]), e.aux[None], depth)):
+            pred = d.target_ids[d.model.compute_logits(h[0]).argmax(-1)]
+            # Row t, step i drafts the token after x_{t+1+i}; chains start once a token was generated.
+            rows = torch.arange(e.num_prompt - 1, len(e.ids) - 1 - i)
+            hits[i] += (pred[rows] == e.argmax[rows + 1 + i]).sum()
+            total[i] += len(rows)
+    return [round(float(h / max(t, 1)), 3) for h, t in zip(hits, total)]
 
 
 def timed(llm: LLM, prompts: list[str], max_tokens: int):
@@ -84,6 +107,10 @@ def main() -> None:
         results["eagle3"][k] = row
         print(f"eagle3 k={k}: {row}", flush=True)
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+
+    results["depth_accuracy"] = depth_accuracy(plain, str(out / "draft"), base)
+    print(f"held-out draft accuracy at chain depth 1..5: {results['depth_accuracy']}", flush=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
     ex = extraction.make_examples(1, seed=5)[0]["messages"][:1]
     prompt = [plain.render_chat(ex)]
