@@ -210,12 +210,13 @@ def reference_chain(llm: LLM, drafter, ids: list[int], drafts: list[int]) -> lis
 def test_chain_drafting_matches_a_full_recompute(tiny):
     """Every token of every k-token chain, drafted through the draft's paged KV cache across steps
     with 0..k drafts accepted (features of accepted drafts kept, rejected ones trimmed, stale chain
-    KV overwritten), equals the from-scratch recurrence; chains end early near max_tokens."""
+    KV overwritten) after a chunked prefill, equals the from-scratch recurrence; chains end early
+    near max_tokens."""
     target, draft = tiny
     k = 4
     params = SamplingParams(max_tokens=22, temperature=0.0, ignore_eos=True)
     plain = [o.token_ids for o in LLM(target, dtype="float32").generate(PROMPTS[:3], params)]
-    llm = LLM(target, dtype="float32", max_num_seqs=2,
+    llm = LLM(target, dtype="float32", max_num_seqs=2, max_num_batched_tokens=16,  # chunked prefill too
               speculative={"method": "eagle3", "model": draft, "num_tokens": k})
     d = llm.engine.drafter
     chains = []  # (token ids before the chain, drafted tokens, [(draft hidden, its own pick)] per draft)
