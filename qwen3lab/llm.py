@@ -182,11 +182,34 @@ class LLM:
 
     # -- scoring ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def logits(self, token_ids: list[int]) -> torch.Tensor:
-        """Next-token logits [len, vocab] (float32) for every position of one sequence."""
+    def logits(self, token_ids: list[int], chunk: int | None = None) -> torch.Tensor:
+        """Next-token logits [len, vocab] (float32) for every position of one sequence.
+
+        ``chunk``: feed the sequence ``chunk`` tokens at a time through the engine's paged KV cache
+        instead of in one pass, so that every product is as small as in decoding (this is how the
+        quantization bench scores the decode kernels). Needs an idle engine.
+        """
         from .model import AttentionMetadata
 
-        n = len(token_ids)
-        meta = AttentionMetadata.build([n], [n], self.config.layer_types, self.config.sliding_window,
-                                       device=self.device)
-        return self.model.compute_logits(self.model(torch.tensor(list(token_ids), device=self.device), meta)).cpu()
+        n, cfg = len(token_ids), self.config
+        ids = torch.tensor(list(token_ids), device=self.device)
+        if chunk is None:
+            meta = AttentionMetadata.build([n], [n], cfg.layer_types, cfg.sliding_window, device=self.device)
+            return self.model.compute_logits(self.model(ids, meta)).cpu()
+        from .engine.block_manager import BlockManager
+        from .engine.sequence import Sequence
+
+        if self.engine.has_unfinished():
+            raise RuntimeError("LLM.logits(chunk=...) uses the engine's KV cache; wait for running requests")
+        cache = self.engine.cache
+        blocks = BlockManager(cache.num_blocks, cache.block_size, enable_prefix_caching=False)
+        seq = Sequence("logits", 0, list(token_ids), SamplingParams(max_tokens=1), n + 1)
+        blocks.allocate(seq, n)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, n, chunk):
+                m = min(chunk, n - start)
+                meta = AttentionMetadata.build([m], [start + m], cfg.layer_types, cfg.sliding_window,
+                                               [seq.block_table], cache.block_size, device=self.device)
+                out.append(self.model.compute_logits(self.model(ids[start:start + m], meta, cache)).cpu())
+        return torch.cat(out)

@@ -195,3 +195,12 @@ def test_half_precision_tracks_transformers(folder, dtype):
     assert err_ours <= 2 * err_theirs + 1e-3, (err_ours, err_theirs)
     out = ours.generate(PROMPT, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))[0]
     assert len(out.token_ids) == 8
+
+
+def test_chunked_logits_through_the_cache_equal_one_pass(folder):
+    """LLM.logits(chunk=k) feeds k tokens at a time through the paged cache: same logits as one pass."""
+    llm = LLM(folder, dtype="float32", kv_cache_memory_gb=0.01)
+    ids = list(range(1000, 1050))
+    whole = llm.logits(ids)
+    for chunk in (1, 7, 16):
+        torch.testing.assert_close(llm.logits(ids, chunk=chunk), whole, atol=1e-4, rtol=1e-4)

@@ -1,7 +1,9 @@
 """``qwen3lab bench --quality``: what quantization costs in perplexity, on a real model.
 
 The real SmolLM2-135M-Instruct (the embedded default) or any --model scores the shipped corpus in
-bf16, then int8 and int4 at several group sizes; each row prints the relative change.
+bf16, then int8 and int4 at several group sizes; each row prints the relative change. Each window
+is scored twice: in one pass (prefill arithmetic) and 16 tokens at a time through the KV cache, which
+runs the decode kernels (for int8 and int4 those also quantize activations to int8 per 32 values).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 from pathlib import Path
 
 MODES = [(None, None), ("int8", None), ("int4", 128), ("int4", 64), ("int4", 32)]
+DECODE_CHUNK = 16  # rows per forward when scoring the decode path (under qwen3lab.kernels.MAX_ROWS)
 
 
 def compare_precisions(model: str | None = None, window: int = 512, stride: int = 256,
@@ -24,16 +27,19 @@ def compare_precisions(model: str | None = None, window: int = 512, stride: int 
         llm = LLM(model, dtype="bfloat16", kv_cache_memory_gb=0.05, quantization=mode,
                   quantization_group_size=group)
         res = perplexity(llm, text, window, stride, max_tokens)
+        dec = perplexity(llm, text, window, stride, max_tokens, chunk=DECODE_CHUNK)
         rows.append({"quantization": mode or "bf16", "group_size": group, "perplexity": res.perplexity,
-                     "tokens": res.tokens})
+                     "decode_path_perplexity": dec.perplexity, "tokens": res.tokens})
         del llm
         gc.collect()
-    base = rows[0]["perplexity"]
-    print(f"{'precision':<12}{'group':>6}{'perplexity':>12}{'change':>9}")
+    base, base_dec = rows[0]["perplexity"], rows[0]["decode_path_perplexity"]
+    print(f"{'precision':<12}{'group':>6}{'perplexity':>12}{'change':>9}{'decode path':>13}{'change':>9}")
     for r in rows:
         r["relative_change"] = r["perplexity"] / base - 1
+        r["decode_path_relative_change"] = r["decode_path_perplexity"] / base_dec - 1
         print(f"{r['quantization']:<12}{r['group_size'] or '-':>6}{r['perplexity']:>12.4f}"
-              f"{100 * r['relative_change']:>8.2f}%")
+              f"{100 * r['relative_change']:>8.2f}%{r['decode_path_perplexity']:>13.4f}"
+              f"{100 * r['decode_path_relative_change']:>8.2f}%")
     if out:
         Path(out).write_text(json.dumps(rows, indent=2))
     return rows

@@ -35,8 +35,11 @@ def corpus_text(path: str | Path | None = None) -> str:
 
 
 def perplexity(llm, text: str | None = None, window: int = 512, stride: int = 256,
-               max_tokens: int | None = None) -> Perplexity:
-    """Sliding-window perplexity of ``llm`` (a ``qwen3lab.LLM``) on ``text`` (default: the shipped corpus)."""
+               max_tokens: int | None = None, chunk: int | None = None) -> Perplexity:
+    """Sliding-window perplexity of ``llm`` (a ``qwen3lab.LLM``) on ``text`` (default: the shipped corpus).
+
+    ``chunk``: score each window ``chunk`` tokens at a time through the KV cache (decode-sized products,
+    so the decode kernels' arithmetic is what gets scored); None: one pass per window."""
     if not 0 < stride <= window:
         raise ValueError(f"need 0 < stride <= window, got stride={stride}, window={window}")
     ids = llm.tokenizer.encode(corpus_text() if text is None else text)
@@ -49,10 +52,10 @@ def perplexity(llm, text: str | None = None, window: int = 512, stride: int = 25
         end = min(begin + window, len(ids))
         if end <= prev_end:
             break
-        chunk = ids[begin:end]
-        logits = llm.logits(chunk)  # [len, vocab] float32; row i predicts chunk[i + 1]
+        piece = ids[begin:end]
+        logits = llm.logits(piece, chunk)  # [len, vocab] float32; row i predicts piece[i + 1]
         first = prev_end - begin  # first position in chunk that is still unscored
-        targets = torch.tensor(chunk[first:])
+        targets = torch.tensor(piece[first:])
         logp = torch.log_softmax(logits[first - 1:-1], dim=-1)
         total -= logp.gather(1, targets[:, None]).sum().item()
         scored += len(targets)
