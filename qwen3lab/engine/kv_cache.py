@@ -33,8 +33,10 @@ class PagedKVCache:
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: [N, kvh, d] for the N slots."""
-        self.k[layer][slots] = k
-        self.v[layer][slots] = v
+        # index_copy_, not advanced-index assignment: index_put_ measured 6-25 ms for 16 rows on a busy
+        # 2-core machine, index_copy_ 5-9 us.
+        self.k[layer].index_copy_(0, slots, k.to(self.dtype))
+        self.v[layer].index_copy_(0, slots, v.to(self.dtype))
 
     def gather(self, layer: int, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """index: [G, S] slots -> keys, values [G, S, kvh, d]."""

@@ -117,7 +117,8 @@ class CpuRMSNorm(RMSNorm):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.dtype == torch.bfloat16 and usable(x, x.shape[-1], max_rows=None) and x.is_contiguous():
+        # Few rows only: for prefill-sized inputs PyTorch's vectorized ops are as fast.
+        if self.weight.dtype == torch.bfloat16 and usable(x, x.shape[-1]) and x.is_contiguous():
             return ops().rms_norm_bf16(x, self.weight, self.eps)
         return super().forward(x)
 
@@ -125,7 +126,7 @@ class CpuRMSNorm(RMSNorm):
 def norm_rope(x: torch.Tensor, norm: RMSNorm | None, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """``apply_rotary(norm(x), cos, sin)`` for x [N, heads, d], in one pass where the kernel applies."""
     if (x.dtype == cos.dtype == torch.bfloat16 and (norm is None or norm.weight.dtype == torch.bfloat16)
-            and usable(x, x.shape[-1], max_rows=None)):
+            and x.shape[0] <= MAX_ROWS and usable(x, x.shape[-1], max_rows=None)):  # decode-sized token counts
         return ops().norm_rope_bf16(x, None if norm is None else norm.weight, cos, sin,
                                     norm.eps if norm is not None else 0.0)
     return apply_rotary(norm(x) if norm is not None else x, cos, sin)
