@@ -1,10 +1,12 @@
 """`qwen3lab bench`: speed and memory of our engine next to transformers and llama.cpp, in one run.
 
 `qwen3lab bench serve`: our HTTP server next to llama.cpp's under concurrent streaming clients.
+`qwen3lab bench sft`: LoRA SFT tokens/s and peak memory next to TRL's SFTTrainer (``cli/bench_sft.py``).
 """
 
 from __future__ import annotations
 
+from .bench_sft import add_sft_parser
 from .common import HelpFormatter
 
 EPILOG = """\
@@ -16,6 +18,7 @@ examples:
   qwen3lab bench --speculative '{"method": "ngram", "num_tokens": 4}'   # plain vs speculative decode
   qwen3lab bench --speculative '{"method": "eagle3", "model": "my-eagle3", "num_tokens": 4}' --model M
   qwen3lab bench serve                            # our server vs llama_cpp.server, 1/4/16 clients
+  qwen3lab bench sft                              # LoRA SFT tok/s and peak RSS vs TRL's SFTTrainer
 
 The checkpoint has random weights at the real shapes (speed does not depend on the values); it is
 built once (8 GB for Qwen3-4B) under $QWEN3LAB_CACHE/bench (default ~/.cache/qwen3lab/bench) together
@@ -55,6 +58,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
     modes = p.add_subparsers(title="modes", dest="bench_mode", metavar="MODE")
     add_serve_parser(modes)
+    add_sft_parser(modes)
 
 
 SERVE_EPILOG = """\

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import resource
 import sys
 from contextlib import nullcontext
@@ -42,3 +43,16 @@ def peak_memory_gb(device: str) -> float:
         return torch.cuda.max_memory_allocated() / 2**30
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 2**20 if sys.platform != "darwin" else kb / 2**30
+
+
+def release_free_memory() -> None:
+    """Hand the allocator's free pages back to the OS (glibc only; elsewhere nothing happens).
+
+    glibc keeps the memory of freed activations in its heaps: after training, the process would hold
+    several GB it no longer uses, and whatever runs next (scoring with ``LLM``) would stack on top.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl)
+            pass

@@ -9,8 +9,9 @@ where T_B is the set of assistant tokens of B (mask derived from the rendered ch
 token counts once: the sum is normalised by the global token count, not per example or per
 micro-batch, so gradient accumulation and the number of DDP processes do not change the loss.
 Packing puts several conversations in one flat sequence list with per-example causal attention (no
-cross-contamination, no padding). AdamW, linear warm-up then cosine decay; optional bf16 autocast and
-per-layer gradient checkpointing; LoRA (adapters only) or full fine-tuning (``lora_r=0``).
+cross-contamination, no padding). AdamW, linear warm-up then cosine decay; optional bf16 autocast
+(with LoRA the frozen base is then stored in bf16, the adapters stay float32) and per-layer gradient
+checkpointing; LoRA (adapters only) or full fine-tuning (``lora_r=0``).
 Simplifications: no sequence-length bucketing, examples longer than ``pack_length`` are cut.
 """
 
@@ -29,7 +30,7 @@ from ..lora import DEFAULT_TARGETS
 from ..weights.loader import load_checkpoint
 from . import distributed as dist
 from .checkpoint import load_checkpoint_state, save_checkpoint, save_weights
-from .common import autocast, make_optimizer, peak_memory_gb, prepare_trainable
+from .common import autocast, make_optimizer, peak_memory_gb, prepare_trainable, release_free_memory
 from .forward import TokenLogprobs, pack_batch
 from .schedule import warmup_cosine
 from .sft_data import StepBatches, read_jsonl, tokenize_conversations
@@ -93,7 +94,10 @@ def train_sft(cfg: SFTConfig) -> list[dict]:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by processes ({world}) x grad_accum "
                          f"({cfg.grad_accum})")
     torch.manual_seed(cfg.seed + rank)  # dropout masks differ per rank, as with any data-parallel run
-    ckpt = load_checkpoint(cfg.model if cfg.model else _default_model(), torch.float32, cfg.device)
+    # A frozen base needs no float32 master copy: LoRA with bf16 loads it in bf16 (half the memory, no
+    # per-step weight casts under autocast); full fine-tuning keeps float32 weights for AdamW.
+    base_dtype = torch.bfloat16 if cfg.bf16 and cfg.lora_r > 0 else torch.float32
+    ckpt = load_checkpoint(cfg.model if cfg.model else _default_model(), base_dtype, cfg.device)
     model, tok = ckpt.model.train(), ckpt.tokenizer
     params = prepare_trainable(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules)
     train = tokenize_conversations(read_jsonl(cfg.train_file), tok, cfg.pack_length, cfg.train_thinking, cfg.train_file)
@@ -155,6 +159,8 @@ def train_sft(cfg: SFTConfig) -> list[dict]:
     if rank == 0:
         save_weights(model, out / "final", ckpt.path)
     dist.barrier()
+    del model, ckpt, module, ddp, optimizer, scheduler, params  # what the caller runs next (scoring)
+    release_free_memory()  # starts from a small process, not on top of the freed activations
     return records
 
 
