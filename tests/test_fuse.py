@@ -21,9 +21,9 @@ def folder(scratch):
 @pytest.mark.parametrize("quantization", [None, "int8", "int4"])
 @pytest.mark.parametrize("tokens", [3, 70])
 def test_fused_equals_separate(folder, quantization, tokens):
-    fused = LLM(folder, dtype="bfloat16", quantization=quantization, kv_cache_memory_gb=0.01)
-    separate = LLM(folder, dtype="bfloat16", quantization=quantization, kv_cache_memory_gb=0.01,
-                   fuse_projections=False)
+    fused = LLM(folder, dtype="bfloat16", quantization=quantization, kv_cache_memory_gb=0.01,
+                fuse_projections=True)
+    separate = LLM(folder, dtype="bfloat16", quantization=quantization, kv_cache_memory_gb=0.01)
     layer = fused.model.model.layers[0]
     assert "qkv_proj" in layer.self_attn._modules and "gate_up_proj" in layer.mlp._modules
     assert "q_proj" in separate.model.model.layers[0].self_attn._modules

@@ -149,7 +149,7 @@ def test_bf16_model_with_kernels_matches_plain_pytorch(scratch, tokens):
     folder = save_reference(scratch("k"), "qwen3", num_hidden_layers=2, hidden_size=256, intermediate_size=512,
                             num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=4096)[0]
     plain = load_checkpoint(str(folder), torch.bfloat16, torch.device("cpu")).model
-    fast = LLM(str(folder), dtype="bfloat16").model
+    fast = LLM(str(folder), dtype="bfloat16", fuse_projections=True).model
     assert not any(isinstance(m, kernels.CpuLinear) for m in plain.modules())
     # Fused [q; k; v] and [gate; up] (model/fuse.py): per layer 4 linears and 4 norms; then the head and norm.
     assert all("qkv_proj" in layer.self_attn._modules for layer in fast.model.layers)
