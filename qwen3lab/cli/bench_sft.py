@@ -13,7 +13,7 @@ EPILOG = """\
 examples:
   qwen3lab bench sft                                   # SmolLM2-135M, 4 packs x 512 tokens, bf16, vs TRL
   qwen3lab bench sft --no-gradient-checkpointing --steps 6
-  qwen3lab bench sft --model ~/.cache/qwen3lab/bench/qwen3-4b-L36-random --peers '' --steps 2 --batch-size 1
+  qwen3lab bench sft --model ~/.cache/qwen3lab/bench/qwen3-4b-L36-random --peers '' --steps 3 --batch-size 1
 
 Both sides load the same safetensors folder (a .gguf, by default the embedded SmolLM2-135M-Instruct,
 is exported once with `qwen3lab convert`'s exporter to $QWEN3LAB_CACHE/bench), train on the same
