@@ -52,11 +52,16 @@ def _build():
 
     log.info("qwen3lab: loading the CPU decode kernels (compiled on first use, about a minute)")
     here = Path(__file__).parent
+    # -fopenmp: at::parallel_for in the kernels is PyTorch's OpenMP template, a serial loop when the
+    # extension is compiled without it (the kernels ran on one thread until this was added; decode
+    # bandwidth went from one core's ~18 GB/s to the machine's). The build links the same libgomp
+    # soname PyTorch already loaded, so one thread pool serves both.
     return load(name="qwen3lab_cpu_kernels",
                 sources=[str(here / f) for f in ("bindings.cpp", "cpu_gemv.cpp", "cpu_norm_rope.cpp",
                                                               "cpu_attention.cpp")],
                 extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16",
-                              "-mavx512vnni", "-mfma", "-mf16c"], verbose=False)
+                              "-mavx512vnni", "-mfma", "-mf16c", "-fopenmp"],
+                extra_ldflags=["-fopenmp"], verbose=False)
 
 
 def ops():
