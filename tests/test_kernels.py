@@ -62,6 +62,14 @@ def test_int4_gemv_matches_dequantized(M, g):
     assert rel_err(deq, dequantize_int4(packed, sz, g)) < 4e-3  # bf16 rounding of the weights
 
 
+@pytest.mark.parametrize("N,K", [(52, 1280), (7, 200)])  # 200: a tail past the last 32 columns
+def test_int8_dequant_matches_reference(N, K):
+    torch.manual_seed(N)
+    q, s = quantize_int8(torch.randn(N, K), torch.bfloat16)
+    # q * scale in fp32, rounded once to bf16: bit-equal to PyTorch's expression.
+    assert torch.equal(ops.dequant_int8(q, s.float()), dequantize_int8(q, s).bfloat16())
+
+
 def test_kernels_are_not_a_silent_no_op():
     """A wrong kernel must fail the tests above: a perturbed weight gives a clearly different product."""
     x, w = torch.randn(1, 256).bfloat16(), torch.randn(64, 256).bfloat16()

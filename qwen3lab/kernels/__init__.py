@@ -85,6 +85,23 @@ def ops():
     return _module
 
 
+_scratch = threading.local()
+SCRATCH_MAX_ELEMENTS = 64 << 20  # 128 MB of bf16: every projection of Qwen3-4B, not a 150k-row head
+
+
+def dequant_buffer(numel: int) -> torch.Tensor | None:
+    """A per-thread bf16 buffer reused for prefill's transient dequantized weights, or None (allocate
+    fresh) for matrices above ``SCRATCH_MAX_ELEMENTS`` or under autograd, where F.linear keeps the
+    weight for the backward pass. Fresh 50-100 MB tensors cost a page fault per 4 KB page, measured as
+    much time as dequantizing into them."""
+    if numel > SCRATCH_MAX_ELEMENTS or torch.is_grad_enabled():
+        return None
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.numel() < numel:
+        buf = _scratch.buf = torch.empty(numel, dtype=torch.bfloat16)
+    return buf[:numel]
+
+
 def usable(x: torch.Tensor, in_features: int, multiple: int = 1, max_rows: int | None = MAX_ROWS) -> bool:
     """Whether the kernels take this input: bf16 on the CPU, few rows, no autograd, width fits."""
     return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and in_features % multiple == 0

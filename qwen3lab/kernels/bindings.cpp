@@ -5,7 +5,9 @@ at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& w);
 at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale);
 at::Tensor gemv_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales, const at::Tensor& zeros,
                      int64_t group_size);
-at::Tensor dequant_int4(const at::Tensor& w, const at::Tensor& scales, const at::Tensor& zeros, int64_t group_size);
+at::Tensor dequant_int8(const at::Tensor& w, const at::Tensor& scale, const c10::optional<at::Tensor>& out);
+at::Tensor dequant_int4(const at::Tensor& w, const at::Tensor& scales, const at::Tensor& zeros, int64_t group_size,
+                        const c10::optional<at::Tensor>& out);
 at::Tensor rms_norm_bf16(const at::Tensor& x, const at::Tensor& w, double eps);
 at::Tensor norm_rope_bf16(const at::Tensor& x, const c10::optional<at::Tensor>& w, const at::Tensor& cos,
                           const at::Tensor& sin, double eps);
@@ -16,7 +18,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv_bf16", &gemv_bf16, "y = x @ w.T for few rows (bf16)");
   m.def("gemv_int8", &gemv_int8, "y = x @ (w * scale).T for few rows (int8 weights, int8 activations per 32)");
   m.def("gemv_int4", &gemv_int4, "y = x @ dequant(w).T for few rows (int4 nibbles, bf16 scales/zeros per group)");
-  m.def("dequant_int4", &dequant_int4, "bf16 weight from int4 nibbles and bf16 scales/zeros [N, K / group]");
+  m.def("dequant_int8", &dequant_int8, "bf16 weight from int8 values and fp32 row scales",
+        py::arg("w"), py::arg("scale"), py::arg("out") = py::none());
+  m.def("dequant_int4", &dequant_int4, "bf16 weight from int4 nibbles and bf16 scales/zeros [N, K / group]",
+        py::arg("w"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"), py::arg("out") = py::none());
   m.def("rms_norm_bf16", &rms_norm_bf16, "RMSNorm over the last dim, reference roundings (bf16)");
   m.def("paged_decode_attention", &paged_decode_attention, "one-token-per-sequence attention over the paged cache");
   m.def("norm_rope_bf16", &norm_rope_bf16, "per-head RMSNorm (optional) then rotary embedding (bf16)");

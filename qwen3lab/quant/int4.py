@@ -138,7 +138,8 @@ class Int4Linear(nn.Module):
                 out = kernels.ops().gemv_int4(x.reshape(-1, self.in_features).contiguous(), self.weight,
                                               self.kernel_scales, self.kernel_zeros, self.group_size)
             else:
-                w = kernels.ops().dequant_int4(self.weight, self.kernel_scales, self.kernel_zeros, self.group_size)
+                w = kernels.ops().dequant_int4(self.weight, self.kernel_scales, self.kernel_zeros, self.group_size,
+                                                 kernels.dequant_buffer(self.in_features * self.out_features))
                 out = F.linear(x, w.to(x.dtype))
             out = out.reshape(*x.shape[:-1], self.out_features)
             return out if self.bias is None else out + self.bias
