@@ -6,9 +6,8 @@
 // split across the torch thread pool, and the inner loops are AVX-512 dot-product instructions.
 //   bf16: AVX512-BF16 `vdpbf16ps` (bf16 x bf16 -> fp32 accumulate), the same products oneDNN forms.
 //   int8: weight-only int8 with one scale per output row. Activations are quantized on the fly to
-//         int8 in blocks of 32 values (absmax / 127, as llama.cpp's Q8_0 x Q8_0 path does), then
-//         AVX512-VNNI `vpdpbusd` forms 4-wide int8 dot products; per-block fp32 scales are applied
-//         per 64 weights.
+//         int8 in blocks of 256 values (absmax / 127, as llama.cpp's Q8_K for its k-quants), then
+//         AVX512-VNNI `vpdpbusd` forms 4-wide int8 dot products summed in int32 over each block.
 //   int4: the portable nibble layout of quant/int4.py (byte j = q[2j] | q[2j+1] << 4, q in 0..15)
 //         with per-group bf16 scale s and zero z: w = (q - 8) s + z. With int8 activations x^:
 //         sum_k w x^ = sum_g [ s_g * sum_{k in g} q x^ + (z_g - 8 s_g) * sum_{k in g} x^ ].
@@ -34,6 +33,7 @@ namespace {
 constexpr int64_t kMaxRows = 4;
 constexpr int64_t kMaxRowsBf16 = 8;
 constexpr int64_t kMaxRowsInt4 = 8;
+constexpr int64_t kMaxRowsInt8 = 8;
 
 inline __m512 bf16x16_to_fp32(__m256i v) {  // 16 bf16 -> 16 fp32 (exact)
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
@@ -78,10 +78,9 @@ void bf16_pass(const uint16_t* x, int64_t K, const uint16_t* W, int64_t N, float
 }
 
 // ---------------------------------------------------------------------------------------------
-// Activation quantization shared by int8 and int4: blocks of 32 values, symmetric int8.
+// Activation quantization for int4: blocks of 32 values, symmetric int8.
 struct QuantX {
   std::vector<int8_t> q;      // [M, K]
-  std::vector<uint8_t> absq;  // [M, K] |q| (the unsigned operand of vpdpbusd)
   std::vector<float> scale;   // [M, K / 32]
   std::vector<int32_t> bsum;  // [M, K / 32] sum of q over the block
 };
@@ -90,7 +89,6 @@ QuantX quantize_rows(const at::BFloat16* x, int64_t M, int64_t K) {
   QuantX out;
   const int64_t B = K / 32;
   out.q.resize(M * K);
-  out.absq.resize(M * K);
   out.scale.resize(M * B);
   out.bsum.resize(M * B);
   for (int64_t m = 0; m < M; ++m) {
@@ -104,7 +102,6 @@ QuantX quantize_rows(const at::BFloat16* x, int64_t M, int64_t K) {
       for (int j = 0; j < 32; ++j) {
         const int v = static_cast<int>(std::nearbyint(static_cast<float>(xb[j]) * inv));
         out.q[m * K + b * 32 + j] = static_cast<int8_t>(v);
-        out.absq[m * K + b * 32 + j] = static_cast<uint8_t>(v < 0 ? -v : v);
         s += v;
       }
       out.scale[m * B + b] = d;
@@ -116,28 +113,75 @@ QuantX quantize_rows(const at::BFloat16* x, int64_t M, int64_t K) {
 
 // ---------------------------------------------------------------------------------------------
 // int8 weights [N, K] (values -127..127), per-row scale; K a multiple of 64.
+//
+// Activations: int8 with one scale per block of 256 values (the last block may be shorter, a multiple
+// of 64), as llama.cpp quantizes activations (Q8_K) for its k-quant products. They are stored offset
+// by 128 as unsigned bytes, the operand `vpdpbusd` wants unsigned: sum (q + 128) w = sum q w + 128 sum w,
+// and the second term comes from one more `vpdpbusd` of 128s against the weights, shared by all rows.
+// Products then accumulate in int32 over a whole block, so each row costs one instruction per 64
+// weights plus a conversion per block (against four instructions per 64 with 32-value blocks and a
+// per-row sign flip, which made 8 rows three times as costly as one).
+constexpr int64_t kQBlock = 256;
+
+struct QuantU8 {
+  std::vector<uint8_t> u;  // [M, K] q + 128
+  std::vector<float> d;    // [M, NB] block scales
+  int64_t NB = 0;
+};
+
+QuantU8 quantize_rows_u8(const at::BFloat16* x, int64_t M, int64_t K) {
+  QuantU8 out;
+  out.NB = (K + kQBlock - 1) / kQBlock;
+  out.u.resize(M * K);
+  out.d.resize(M * out.NB);
+  const auto* xs = reinterpret_cast<const uint16_t*>(x);
+  const __m512i offset = _mm512_set1_epi32(128);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t b = 0; b < out.NB; ++b) {
+      const int64_t k0 = b * kQBlock, k1 = std::min(K, k0 + kQBlock);
+      __m512 amax = _mm512_setzero_ps();
+      for (int64_t k = k0; k < k1; k += 16)
+        amax = _mm512_max_ps(amax, _mm512_abs_ps(bf16x16_to_fp32(_mm256_loadu_si256(
+                                       reinterpret_cast<const __m256i*>(xs + m * K + k)))));
+      const float dm = _mm512_reduce_max_ps(amax) / 127.f;
+      const __m512 inv = _mm512_set1_ps(dm > 0.f ? 1.f / dm : 0.f);
+      for (int64_t k = k0; k < k1; k += 16) {
+        const __m512 v = _mm512_mul_ps(bf16x16_to_fp32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + m * K + k))), inv);
+        const __m512i q = _mm512_add_epi32(_mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), offset);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out.u.data() + m * K + k), _mm512_cvtepi32_epi8(q));
+      }
+      out.d[m * out.NB + b] = dm;
+    }
+  }
+  return out;
+}
+
 template <int R, int MB>
-void int8_rows(const QuantX& xq, int64_t K, const int8_t* W, const float* dxv, int64_t n0, float* y, int64_t N) {
+void int8_rows(const uint8_t* xu, const float* d, int64_t NB, int64_t K, const int8_t* W, int64_t n0, float* y,
+               int64_t N) {
   __m512 acc[R][MB];
   _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
     _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
-  const __m512i zero = _mm512_setzero_si512();
-  const int64_t C = K / 64;
-  for (int64_t c = 0; c < C; ++c) {
-    __m512i ax[MB];
-    __mmask64 neg[MB];
-    _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) {
-      ax[m] = _mm512_loadu_si512(xq.absq.data() + m * K + c * 64);
-      neg[m] = _mm512_movepi8_mask(_mm512_loadu_si512(xq.q.data() + m * K + c * 64));
-    }
+  const __m512i c128 = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t b = 0; b < NB; ++b) {
+    const int64_t k0 = b * kQBlock, k1 = std::min(K, k0 + kQBlock);
+    __m512i dot[R][MB], corr[R];
     _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
-      const __m512i w = _mm512_loadu_si512(W + (n0 + r) * K + c * 64);
-      _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) {
-        // |x| * (sign(x) w): vpdpbusd wants its first operand unsigned.
-        const __m512i ws = _mm512_mask_sub_epi8(w, neg[m], zero, w);
-        const __m512i dot = _mm512_dpbusd_epi32(zero, ax[m], ws);
-        acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(dxv + (m * C + c) * 16), acc[r][m]);
+      corr[r] = _mm512_setzero_si512();
+      _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) dot[r][m] = _mm512_setzero_si512();
+    }
+    for (int64_t k = k0; k < k1; k += 64) {
+      _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
+        const __m512i w = _mm512_loadu_si512(W + (n0 + r) * K + k);
+        corr[r] = _mm512_dpbusd_epi32(corr[r], c128, w);
+        _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m)
+          dot[r][m] = _mm512_dpbusd_epi32(dot[r][m], _mm512_loadu_si512(xu + m * K + k), w);
       }
+    }
+    _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) {
+      const __m512 dm = _mm512_set1_ps(d[m * NB + b]);
+      _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
+        acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(dot[r][m], corr[r])), dm, acc[r][m]);
     }
   }
   _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r)
@@ -145,12 +189,13 @@ void int8_rows(const QuantX& xq, int64_t K, const int8_t* W, const float* dxv, i
 }
 
 template <int MB>
-void int8_pass(const QuantX& xq, int64_t K, const int8_t* W, const float* dxv, int64_t N, float* y) {
-  constexpr int R = MB <= 4 ? 4 : 2;
+void int8_pass(const uint8_t* xu, const float* d, int64_t NB, int64_t K, const int8_t* W, int64_t N, float* y) {
+  // Registers: R * MB int32 block sums + R * MB fp32 accumulators + R corrections within 32.
+  constexpr int R = MB == 1 ? 4 : MB <= 4 ? 2 : 1;
   at::parallel_for(0, N / R, 16, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) int8_rows<R, MB>(xq, K, W, dxv, i * R, y, N);
+    for (int64_t i = b; i < e; ++i) int8_rows<R, MB>(xu, d, NB, K, W, i * R, y, N);
   });
-  for (int64_t n = (N / R) * R; n < N; ++n) int8_rows<1, MB>(xq, K, W, dxv, n, y, N);
+  for (int64_t n = (N / R) * R; n < N; ++n) int8_rows<1, MB>(xu, d, NB, K, W, n, y, N);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -296,16 +341,11 @@ at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.numel() == N, "gemv_int8: scale must be fp32 [N]");
   check_x(x, K, "gemv_int8");
   at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
-  const QuantX xq = quantize_rows(x.data_ptr<at::BFloat16>(), M, K);
-  const std::vector<float> dxv = lane_scales(xq, M, K, 64);
-  const int64_t C = K / 64;
+  const QuantU8 xq = quantize_rows_u8(x.data_ptr<at::BFloat16>(), M, K);
   by_rows(M, [&](int64_t m0, int64_t rows) {
-    QuantX part;  // views of rows m0.. (copies are cheap next to the weights)
-    part.q.assign(xq.q.begin() + m0 * K, xq.q.begin() + (m0 + rows) * K);
-    part.absq.assign(xq.absq.begin() + m0 * K, xq.absq.begin() + (m0 + rows) * K);
-    DISPATCH_ROWS(rows, int8_pass, part, K, w.data_ptr<int8_t>(), dxv.data() + m0 * C * 16, N,
+    DISPATCH_ROWS(rows, int8_pass, xq.u.data() + m0 * K, xq.d.data() + m0 * xq.NB, xq.NB, K, w.data_ptr<int8_t>(), N,
                   y.data_ptr<float>() + m0 * N)
-  });
+  }, kMaxRowsInt8);
   y.mul_(scale);
   return y.to(at::kBFloat16);
 }
