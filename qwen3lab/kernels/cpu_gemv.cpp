@@ -31,6 +31,9 @@ namespace {
 // (An fp32-FMA variant of the bf16 pass, weights split into even / odd halves, was slower at every
 // row count: 3.9 vs 3.4 ms at 2 rows, 7.6 vs 6.2 ms at 8.)
 constexpr int64_t kMaxRows = 4;
+// Software prefetch of the next rows' weights (a few KB ahead of the hardware prefetcher): +5-10% on
+// large bf16 / int4 matrices, neutral on int8.
+constexpr bool kPrefetch = true;
 constexpr int64_t kMaxRowsBf16 = 8;
 constexpr int64_t kMaxRowsInt4 = 8;
 constexpr int64_t kMaxRowsInt8 = 8;
@@ -51,6 +54,7 @@ void bf16_rows(const uint16_t* x, int64_t K, const uint16_t* W, int64_t n0, floa
     __m512bh xv[MB];
     _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(x + m * K + k);
     _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
+      if (kPrefetch) _mm_prefetch(reinterpret_cast<const char*>(W + (n0 + R + r) * K + k), _MM_HINT_T0);
       __m512bh w = (__m512bh)_mm512_loadu_si512(W + (n0 + r) * K + k);
       _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_dpbf16_ps(acc[r][m], w, xv[m]);
     }
@@ -172,6 +176,7 @@ void int8_rows(const uint8_t* xu, const float* d, int64_t NB, int64_t K, const i
     }
     for (int64_t k = k0; k < k1; k += 64) {
       _Pragma("GCC unroll 8") for (int r = 0; r < R; ++r) {
+        if (kPrefetch) _mm_prefetch(reinterpret_cast<const char*>(W + (n0 + R + r) * K + k), _MM_HINT_T0);
         const __m512i w = _mm512_loadu_si512(W + (n0 + r) * K + k);
         corr[r] = _mm512_dpbusd_epi32(corr[r], c128, w);
         _Pragma("GCC unroll 8") for (int m = 0; m < MB; ++m)
@@ -236,6 +241,7 @@ void int4_row(const int8_t* xlo, const int8_t* xhi, const float* dxv, const floa
   const __m512i zero = _mm512_setzero_si512(), low4 = _mm512_set1_epi8(0x0F);
   const int64_t C = K / 128, H = K / 2;
   for (int64_t c = 0; c < C; ++c) {
+    if (kPrefetch) _mm_prefetch(reinterpret_cast<const char*>(Wrow + H + c * 64), _MM_HINT_T0);  // next row
     const __m512i b = _mm512_loadu_si512(Wrow + c * 64);
     const __m512i lo = _mm512_and_si512(b, low4);
     const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), low4);
