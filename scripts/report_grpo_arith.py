@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--prompts-per-step", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--temperature", type=float, default=0.7,
+                    help="rollout temperature (at 1.0 the 135M model's samples are almost never right: no signal)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -49,6 +51,7 @@ def main() -> None:
     recs = train_grpo(GRPOConfig(model=str(gguf), prompts_file=str(out / "train.jsonl"), output_dir=str(out / "run"),
                                  rewards=("math",), group_size=args.group_size, prompts_per_step=args.prompts_per_step,
                                  max_new_tokens=args.max_new_tokens, lr=args.lr, max_steps=args.steps, bf16=True,
+                                 temperature=args.temperature,
                                  lora_r=16, lora_alpha=32, progress=False))
     t_train = time.perf_counter() - t
     tuned = accuracy(LLM(gguf, dtype="float32", lora=out / "run" / "final"), held, args.max_new_tokens)

@@ -54,3 +54,19 @@ def test_grpo_steps_on_a_tiny_model(tmp_path, monkeypatch):
 
     b = [v for k, v in load_file(str(tmp_path / "o" / "final" / "adapter_model.safetensors")).items() if "lora_B" in k]
     assert any(t.abs().max() > 0 for t in b)  # the policy moved
+
+
+def test_token_logprobs_score_the_sampling_temperature(tmp_path):
+    """GRPO's ratios and KL use the distribution that sampled: log_softmax(logits / T) of the engine."""
+    from qwen3lab import LLM
+    from qwen3lab.train.forward import TokenLogprobs, pack_batch
+
+    llm = LLM(str(tiny_checkpoint(tmp_path / "m")), dtype="float32")
+    ids = [3, 17, 5, 99, 42, 8]
+    logits = llm.logits(ids)  # [len, vocab]: row j scores token j + 1
+    flat, lens, pos, tgt = pack_batch([ids], [[True] * len(ids)], "cpu")
+    for t in (1.0, 0.7):
+        with torch.no_grad():
+            got = TokenLogprobs(llm.model, temperature=t)(flat, lens, pos, tgt)
+        want = torch.log_softmax(logits[:-1] / t, -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import random_checkpoint
+from .report import write_report
 
 PEERS = {"bf16": [("transformers", None), ("llama.cpp", "bf16")], "int8": [("llama.cpp", "q8_0")],
          "int4": [("llama.cpp", "q4_0")]}
@@ -89,9 +90,7 @@ def run_bench(size: str = "4b", layers: int | None = None, precisions: tuple[str
             ratios = {m: ours[m] / res[m] for m in METRICS if m in ours and res.get(m)}
             report["rows"].append({"engine": peer, "precision": fmt or prec, **res, "ours_over_peer": ratios})
     print_table(report)
-    if out:
-        Path(out).write_text(json.dumps(report, indent=2))
-        print(f"results written to {out}", file=sys.stderr)
+    write_report(report, out)
     return report
 
 

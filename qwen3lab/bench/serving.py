@@ -10,13 +10,13 @@ a JSON file.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import platform
 import sys
 from pathlib import Path
 
 from .load import run_level, summarize
+from .report import write_report
 from .servers import Server, free_port, llama_command, llama_server_missing, ours_command
 
 RATIO_KEYS = ["output_tok_s", "req_s", "ttft_p50_ms", "ttft_p99_ms", "itl_p50_ms", "itl_p99_ms", "tpot_p50_ms"]
@@ -90,9 +90,7 @@ def run_serve_bench(model: str | None = None, peers: tuple[str, ...] = ("llama.c
                                          if ours_row.get(k) is not None and row.get(k)}
             report["rows"] += peer
     print_table(report)
-    if out:
-        Path(out).write_text(json.dumps(report, indent=2))
-        print(f"results written to {out}", file=sys.stderr)
+    write_report(report, out)
     return report
 
 

@@ -27,6 +27,7 @@ import torch
 
 from ..lora import DEFAULT_TARGETS
 from .checkpoint import cache_root
+from .report import write_report
 
 
 def model_folder(model: str | None) -> Path:
@@ -127,9 +128,7 @@ def run_sft_bench(model: str | None = None, peers: tuple[str, ...] = ("trl",), s
         ours, trl = rows["ours"], rows["trl"]
         report["ours_over_trl"] = {k: ours[k] / trl[k] for k in ("tokens_per_s", "peak_rss_gb", "train_rss_gb")}
     print_table(report)
-    if out:
-        Path(out).write_text(json.dumps(report, indent=2))
-        print(f"results written to {out}", file=sys.stderr)
+    write_report(report, out)
     return report
 
 

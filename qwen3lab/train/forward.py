@@ -29,10 +29,11 @@ MATH_ATTENTION_MAX_LEN = 256
 
 
 class TokenLogprobs(nn.Module):
-    def __init__(self, lm: CausalLM, gradient_checkpointing: bool = False):
+    def __init__(self, lm: CausalLM, gradient_checkpointing: bool = False, temperature: float = 1.0):
         super().__init__()
         self.lm = lm
         self.gradient_checkpointing = gradient_checkpointing
+        self.temperature = temperature  # score under the distribution that sampled (GRPO rollouts)
 
     def forward(self, input_ids: torch.Tensor, lens: list[int], target_pos: torch.Tensor,
                 target_ids: torch.Tensor) -> torch.Tensor:
@@ -50,7 +51,7 @@ class TokenLogprobs(nn.Module):
                 x = checkpoint(_run_layer, layer, x, cos, sin, meta, math, use_reentrant=False)
             else:
                 x = _run_layer(layer, x, cos, sin, meta, math)
-        return target_logprobs(lm, x[target_pos], target_ids)
+        return target_logprobs(lm, x[target_pos], target_ids, self.temperature)
 
 
 def _run_layer(layer, x, cos, sin, meta, math_attention: bool) -> torch.Tensor:
@@ -59,22 +60,28 @@ def _run_layer(layer, x, cos, sin, meta, math_attention: bool) -> torch.Tensor:
         return layer(x, cos, sin, meta)
 
 
-def _chunk_logprobs(lm: CausalLM, hidden: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+def _chunk_logprobs(lm: CausalLM, hidden: torch.Tensor, target_ids: torch.Tensor,
+                    temperature: float = 1.0) -> torch.Tensor:
     x = lm.model.norm(hidden)  # RMSNorm is per token: normalise only what the head needs
-    return -F.cross_entropy(lm.compute_logits(x), target_ids, reduction="none")
+    logits = lm.compute_logits(x)
+    if temperature != 1.0:
+        logits = logits / temperature
+    return -F.cross_entropy(logits, target_ids, reduction="none")
 
 
-def target_logprobs(lm: CausalLM, hidden: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
-    """log p(target_ids[t] | hidden[t]) [T] from final-layer hidden states (before the final norm)."""
+def target_logprobs(lm: CausalLM, hidden: torch.Tensor, target_ids: torch.Tensor,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """log p(target_ids[t] | hidden[t]) [T] from final-layer hidden states (before the final norm),
+    with the logits divided by ``temperature``."""
     rows = max(1, LOGIT_CHUNK // lm.config.vocab_size)
     if len(target_ids) <= rows:
-        return _chunk_logprobs(lm, hidden, target_ids)
+        return _chunk_logprobs(lm, hidden, target_ids, temperature)
     recompute = torch.is_grad_enabled() and hidden.requires_grad
     out = []
     for s in range(0, len(target_ids), rows):
         h, t = hidden[s:s + rows], target_ids[s:s + rows]
-        out.append(checkpoint(_chunk_logprobs, lm, h, t, use_reentrant=False) if recompute
-                   else _chunk_logprobs(lm, h, t))
+        out.append(checkpoint(_chunk_logprobs, lm, h, t, temperature, use_reentrant=False) if recompute
+                   else _chunk_logprobs(lm, h, t, temperature))
     return torch.cat(out)
 
 

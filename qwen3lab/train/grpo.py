@@ -10,6 +10,8 @@ with rho_it = pi_theta(o_it | q, o_i<t) / pi_old(o_it | ...), pi_old the policy 
 (rho = 1 with one update per rollout batch, ``num_iterations=1``, so the clip only acts from the
 second update on), and KL_it = exp(ref - logp) - (ref - logp) - 1 (the k3 estimator) against the
 reference policy: the adapter switched off for LoRA, a frozen copy of the start weights otherwise.
+Log-probabilities are those of the sampling distribution: logits divided by the rollout temperature
+(as TRL does), so rho and the KL compare the distributions that actually produced the tokens.
 Simplifications: token-level mean over the whole global batch (as DAPO, not per-sequence means);
 sampling logprobs are recomputed by the training forward rather than taken from the engine; no
 reward model, no length penalty; groups with equal rewards carry zero advantage and only the KL.
@@ -137,7 +139,7 @@ def train_grpo(cfg: GRPOConfig) -> list[dict]:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     rewards = [resolve_reward(r) for r in cfg.rewards]
     rows = read_jsonl(cfg.prompts_file)
-    module = TokenLogprobs(model, cfg.gradient_checkpointing)
+    module = TokenLogprobs(model, cfg.gradient_checkpointing, cfg.temperature)
     ddp = torch.nn.parallel.DistributedDataParallel(module) if world > 1 else None
     optimizer = make_optimizer(params, cfg.lr, cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.max_steps * cfg.num_iterations, cfg.min_lr_ratio)
@@ -165,7 +167,7 @@ def train_grpo(cfg: GRPOConfig) -> list[dict]:
                 if cfg.beta > 0:
                     ref_ctx = lora_disabled(model) if reference is None else nullcontext()
                     with ref_ctx:
-                        ref_mod = module if reference is None else TokenLogprobs(reference)
+                        ref_mod = module if reference is None else TokenLogprobs(reference, temperature=cfg.temperature)
                         ref = _logprobs(ref_mod, m, cfg.device)
                     for s, lp in zip(m, ref.split([len(s["completion"]) for s in m])):
                         s["ref"] = lp
