@@ -109,3 +109,24 @@ def test_max_num_seqs_and_release_frees_blocks():
     for s in seqs[1:]:
         sched.release(s)
     assert bm.num_free == 64 and not sched.has_unfinished()
+
+
+def test_kv_pool_takes_memory_only_where_written():
+    """A worst-case-sized pool must not be resident up front (torch.zeros would write all of it)."""
+    import types
+
+    import torch
+
+    from qwen3lab.engine.kv_cache import PagedKVCache
+
+    def rss_gb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2**30
+
+    cfg = types.SimpleNamespace(num_hidden_layers=36, num_key_value_heads=8, head_dim=128)
+    before = rss_gb()
+    cache = PagedKVCache(cfg, num_blocks=500, block_size=16, dtype=torch.bfloat16)  # 1.1 GiB
+    assert cache.nbytes > 2**30 and rss_gb() - before < 0.1
+    assert cache.k[7].abs().max() == 0 and cache.v[35].abs().max() == 0  # reads as zeros
+    cache.write(3, torch.tensor([17]), torch.ones(1, 8, 128), torch.full((1, 8, 128), 2.0))
+    assert cache.k[3][17].sum() == 1024 and cache.v[3][17].sum() == 2048 and cache.k[4][17].sum() == 0

@@ -7,6 +7,8 @@ business (``block_manager.py``). A token's slot is ``block_id * block_size + off
 
 from __future__ import annotations
 
+import mmap
+
 import torch
 
 from ..config import ModelConfig
@@ -17,15 +19,34 @@ def bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) ->
     return per_token * block_size * torch.tensor([], dtype=dtype).element_size()
 
 
+def _zeroed(shape: tuple, dtype: torch.dtype, device: torch.device):
+    """A zero tensor and the anonymous mapping behind it (CPU), or (tensor, None).
+
+    torch.zeros writes every byte, so a pool sized for the worst case would be resident from the start
+    (measured: 2 GB of RSS for a 2 GB pool holding one short sequence). Pages of an anonymous mapping
+    read as zeros and take memory only once written, so the pool costs what the sequences use, as
+    llama.cpp's and vLLM's users expect from a CPU process.
+    """
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device), None
+    numel = 1
+    for n in shape:
+        numel *= n
+    nbytes = numel * torch.tensor([], dtype=dtype).element_size()
+    mapping = mmap.mmap(-1, max(nbytes, 1))
+    flat = torch.frombuffer(mapping, dtype=torch.uint8, count=nbytes) if nbytes else torch.empty(0, dtype=torch.uint8)
+    return flat.view(dtype).view(shape), mapping
+
+
 class PagedKVCache:
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
                  device: torch.device | str = "cpu"):
         self.num_blocks, self.block_size, self.dtype = num_blocks, block_size, dtype
         shape = (num_blocks * block_size, config.num_key_value_heads, config.head_dim)
-        # Zeros, not empty: a gather may touch never-written slots (masked, but 0 * NaN would be NaN).
-        # On CPU, zero pages are only backed by memory once written.
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        # Zeros, not garbage: a gather may touch never-written slots (masked, but 0 * NaN would be NaN).
+        pool = _zeroed((2, config.num_hidden_layers, *shape), dtype, torch.device(device))
+        self._mapping = pool[1]
+        self.k, self.v = list(pool[0][0]), list(pool[0][1])
 
     @property
     def nbytes(self) -> int:
