@@ -43,7 +43,7 @@ def test_int8_gemv_matches_dequantized(M, N, K):
     x, w = torch.randn(M, K).bfloat16(), torch.randn(N, K) * 0.05
     q, s = quantize_int8(w, torch.bfloat16)
     ref = x.float() @ dequantize_int8(q, s).t()
-    # Activations are quantized per 256 values (error ~ 1/254 of the block's largest value each).
+    # Activations are quantized per 64 values (error ~ 1/254 of the block's largest value each).
     assert rel_err(ops.gemv_int8(x, q, s.float()), ref) < 1.5e-2
 
 
