@@ -8,8 +8,6 @@ streaming, prefix caching, cancellation. Greedy output through the server is che
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
 import json
 import re
 import socket
@@ -20,109 +18,13 @@ import urllib.request
 
 import openai
 import pytest
-import uvicorn
-from checkpoints import save_reference
+from serve_fixtures import (  # noqa: F401 - fixtures are found by name
+    KEY, NO_THINK, TIME, WEATHER, ServerThread, chat, client, folder, needs_structured, raw, reference, server,
+)
 
 from qwen3lab import LLM, SamplingParams
 from qwen3lab.chat.parser import parse_output
 from qwen3lab.serve import ServerConfig, build_app
-from qwen3lab.serve.driver import Done, EngineDriver
-from qwen3lab.serve.errors import APIError
-from qwen3lab.serve.metrics import Metrics
-
-KEY = "test-key"
-needs_structured = pytest.mark.skipif(importlib.util.find_spec("qwen3lab.structured") is None,
-                                      reason="qwen3lab.structured (constrained decoding) is not in this build")
-NO_THINK = {"chat_template_kwargs": {"enable_thinking": False}}
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
-                   "required": ["city"], "additionalProperties": False}}}
-TIME = {"type": "function", "function": {
-    "name": "get_time", "description": "Local time in a time zone",
-    "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 12}},
-                   "required": ["zone"], "additionalProperties": False}}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerThread:
-    """uvicorn in a thread of this process, so tests can also look at the engine behind it."""
-
-    def __init__(self, app):
-        self.app, self.port = app, free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(15)
-
-
-@pytest.fixture(scope="module")
-def folder(scratch):
-    path = scratch("tiny-qwen3")
-    save_reference(path, "qwen3", num_hidden_layers=2, hidden_size=64, intermediate_size=128,
-                   num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(folder):
-    llm = LLM(str(folder), dtype="float32", max_model_len=2048, kv_cache_memory_gb=0.25)
-    config = ServerConfig(served_model_names=["tiny"], api_key=KEY, max_tokens_limit=1500, max_body_bytes=2**20)
-    with ServerThread(build_app(llm, config)) as s:
-        s.llm, s.engine = llm, llm.engine
-        yield s
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def reference(folder):
-    """A second LLM on the same weights, driven directly (the server's engine belongs to its thread)."""
-    return LLM(str(folder), dtype="float32", max_model_len=2048, kv_cache_memory_gb=0.25)
-
-
-def chat(client, content="Hello there", **kw):
-    return client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": content}], **kw)
-
-
-def raw(server, method: str, path: str, body: bytes | None = None, key: str | None = KEY) -> tuple[int, bytes]:
-    req = urllib.request.Request(server.url + path, data=body, method=method)
-    req.add_header("Content-Type", "application/json")
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def wait_idle(engine, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not engine.scheduler.running and not engine.scheduler.waiting and not engine.requests:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 # -- chat ----------------------------------------------------------------------------------
@@ -391,135 +293,6 @@ def test_overloaded_server_answers_503(folder):
         for t in threads:
             t.join(60)
         assert 503 in results and 200 in results
-
-
-# -- cancellation, concurrency, isolation ------------------------------------------------------
-def test_disconnect_cancels_stream_and_whole_request(client, server):
-    engine = server.engine
-    aborted = server.app.state.qwen3lab.metrics.requests["abort"]
-    stream = chat(client, max_tokens=1200, temperature=0, stream=True, extra_body={"ignore_eos": True, **NO_THINK})
-    for i, _ in enumerate(stream):
-        if i == 3:
-            break
-    assert engine.scheduler.running  # still generating
-    stream.close()
-    assert wait_idle(engine), "the engine kept generating after the client left"
-    # A whole (non-streamed) request whose client times out is cancelled too.
-    with pytest.raises(openai.APITimeoutError):
-        client.with_options(timeout=1.0).chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=1200, extra_body={"ignore_eos": True})
-    assert wait_idle(engine), "the engine kept generating after the client left"
-    assert server.app.state.qwen3lab.metrics.requests["abort"] == aborted + 2
-
-
-def test_cancelled_stream_frees_its_kv_blocks(client, server):
-    # Pool usage as /metrics reports it (kv_cache_usage_perc): blocks not in the free list. Blocks
-    # that only the prefix cache remembers are in the free list (evictable), so they count as free.
-    blocks = server.engine.blocks
-    assert wait_idle(server.engine)
-    start = blocks.num_free
-    stream = chat(client, "Keep talking for a long time.", max_tokens=1200, temperature=0, stream=True,
-                  extra_body={"ignore_eos": True, **NO_THINK})
-    for i, _ in enumerate(stream):
-        if i == 60:  # prompt plus ~60 tokens: at least 4 blocks of 16
-            break
-    assert server.engine.scheduler.running  # still generating
-    assert start - blocks.num_free >= 4, (start, blocks.num_free)
-    stream.close()
-    assert wait_idle(server.engine), "the engine kept generating after the client left"
-    assert blocks.num_free == start, f"{start - blocks.num_free} KV blocks leaked by the cancelled request"
-    status, body = raw(server, "GET", "/metrics", key=None)
-    usage = re.search(r"^qwen3lab:kv_cache_usage_perc\{[^}]*\} (\S+)$", body.decode(), re.M)
-    assert status == 200 and float(usage.group(1)) == 1 - start / blocks.num_blocks
-
-
-def test_concurrent_streams_equal_each_request_alone(client, server):
-    """16 streaming greedy requests at once (one continuous batch) give what each gives alone."""
-    n = 16
-    go = threading.Barrier(n + 1)
-
-    def stream_one(i):
-        stream = chat(client, f"Request {i}: tell me about number {i * 7}.", max_tokens=16, temperature=0,
-                      stream=True, stream_options={"include_usage": True},
-                      extra_body={"ignore_eos": True, **NO_THINK})
-        chunks = list(stream)
-        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        return text, chunks[-1].usage.completion_tokens
-
-    together, errors = {}, []
-
-    def worker(i):
-        try:
-            go.wait(30)
-            together[i] = stream_one(i)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append((i, e))
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    go.wait(30)
-    peak = 0  # the largest running batch seen: the requests did share batches
-    while any(t.is_alive() for t in threads):
-        peak = max(peak, len(server.engine.scheduler.running))
-        time.sleep(0.005)
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
-    assert sorted(together) == list(range(n))
-    assert peak >= n // 2, f"at most {peak} requests ran together"
-    alone = {i: stream_one(i) for i in range(n)}
-    assert all(together[i][1] == 16 and together[i][0] for i in range(n))
-    assert together == alone
-
-
-def test_concurrent_requests_all_complete(client):
-    results, errors = {}, []
-
-    def go(i):
-        try:
-            r = chat(client, f"Request number {i}", max_tokens=12, temperature=0.8, seed=i,
-                     extra_body={"ignore_eos": True, **NO_THINK})
-            results[i] = r.usage.completion_tokens
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
-
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors and results == {i: 12 for i in range(6)}
-
-
-def test_failing_constraint_fails_only_its_request(reference):
-    class Broken:
-        def allowed_tokens(self, vocab_size):
-            raise RuntimeError("grammar exploded")
-
-        def advance(self, token_id):
-            pass
-
-    async def main():
-        driver = EngineDriver(reference.engine, Metrics("tiny"))
-        driver.start()
-        try:
-            ids = reference.tokenizer.encode("Hello")
-            good = await driver.submit(ids, SamplingParams(max_tokens=5, temperature=0))
-            bad = await driver.submit(ids, SamplingParams(max_tokens=5, temperature=0), constraint_factory=Broken)
-            with pytest.raises(APIError) as e:
-                while True:
-                    await bad.next()
-            assert e.value.status == 500 and "grammar exploded" in e.value.message
-            item = None
-            while not isinstance(item, Done):
-                item = await good.next()
-            return item
-        finally:
-            driver.stop()
-
-    done = asyncio.run(main())
-    assert len(done.output.outputs[0].token_ids) == 5 and not reference.engine.requests
 
 
 # -- metrics, health, page ----------------------------------------------------------------------

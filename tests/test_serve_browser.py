@@ -20,7 +20,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from checkpoints import save_reference
 from qwen3lab import LLM
 from qwen3lab.serve import ServerConfig, build_app
-from test_serve import KEY, ServerThread
+from serve_fixtures import KEY, ServerThread
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",

@@ -9,7 +9,7 @@ import openai
 from checkpoints import save_reference
 from qwen3lab import LLM, SamplingParams
 from qwen3lab.serve import ServerConfig, build_app
-from test_serve import KEY, ServerThread, raw
+from serve_fixtures import KEY, ServerThread, raw
 
 
 def test_speculative_server_under_concurrent_load_matches_plain_greedy(tmp_path):
