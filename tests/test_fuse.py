@@ -45,7 +45,7 @@ def test_fusing_returns_the_checkpoint_pages(tmp_path):
     """The parts' memory-mapped pages leave this process once stacked (they made RSS 1.45x the weights)."""
     from safetensors.torch import load_file, save_file
 
-    from qwen3lab.model.fuse import release_file_pages
+    from qwen3lab.weights.memory import release_file_pages
 
     def resident_mb() -> float:
         with open("/proc/self/statm") as f:

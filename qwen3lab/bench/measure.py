@@ -48,10 +48,12 @@ def decode_weight_bytes(model: torch.nn.Module) -> int:
             continue
         seen.add(id(t))
         total += t.numel() * t.element_size()
-    for m in model.modules():  # kernel-specific packed copies (int4 CPU layout) are plain attributes
-        packed = getattr(m, "cpu_packed", None)
-        if isinstance(packed, torch.Tensor):
-            total += packed.numel() * packed.element_size()
+    for m in model.modules():  # kernel-specific copies (int4 CPU layouts, scales and zeros) are plain attributes
+        for attr in ("cpu_packed", "kernel_scales", "kernel_zeros"):
+            t = getattr(m, attr, None)
+            if isinstance(t, torch.Tensor) and id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
     return total
 
 

@@ -10,21 +10,18 @@ separate. Checkpoints keep the Hugging Face names; this is applied after loading
 Memory: loaded weights are views of the checkpoint's memory-mapped files. Stacking copies them, and
 the pages the copy read stay counted in the process's resident memory while any tensor keeps the
 mapping open (measured: Qwen3-4B bf16 peak RSS 14.3 GB instead of 9.9). After each layer is fused,
-the parts' file-backed pages are released from this process (``madvise(MADV_DONTNEED)``: they stay in
-the page cache, and nothing reads them again), so fusing costs one layer's copy at the peak.
+the parts' file-backed pages are handed back (``weights/memory.py``), so fusing costs one layer's
+copy at the peak.
 """
 
 from __future__ import annotations
-
-import ctypes
-import mmap
-import sys
 
 import torch
 from torch import nn
 
 from ..quant.int4 import Int4Linear
 from ..quant.int8 import Int8Linear
+from ..weights.memory import release_file_pages
 
 
 def _stack(parts: list[nn.Module]) -> nn.Module | None:
@@ -65,37 +62,6 @@ def _stack(parts: list[nn.Module]) -> nn.Module | None:
         return None
     new.bias = nn.Parameter(bias, requires_grad=False) if has_bias else None
     return new
-
-
-def _file_backed_regions() -> list[tuple[int, int]]:
-    """(start, end) of this process's mappings of files, from /proc/self/maps (Linux)."""
-    regions = []
-    with open("/proc/self/maps") as f:
-        for line in f:
-            fields = line.split(maxsplit=5)
-            if len(fields) == 6 and fields[4] != "0" and fields[5].startswith("/"):
-                start, end = fields[0].split("-")
-                regions.append((int(start, 16), int(end, 16)))
-    return regions
-
-
-def release_file_pages(tensors: list[torch.Tensor]) -> int:
-    """Unmap from this process the whole pages of file-backed (memory-mapped checkpoint) storage under
-    ``tensors``, which the caller no longer uses; returns the bytes released. Anonymous memory is left
-    alone: it is freed when its last tensor goes. Pages shared with neighbouring tensors are kept."""
-    if not sys.platform.startswith("linux"):
-        return 0
-    regions, page, released = _file_backed_regions(), mmap.PAGESIZE, 0
-    libc = ctypes.CDLL(None, use_errno=True)
-    for t in tensors:
-        if t.device.type != "cpu" or t.numel() == 0:
-            continue
-        start, end = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
-        lo, hi = -(-start // page) * page, end // page * page
-        if hi > lo and any(s <= lo and hi <= e for s, e in regions):
-            if libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4) == 0:  # 4 = MADV_DONTNEED
-                released += hi - lo
-    return released
 
 
 def _weights(parts: list[nn.Module]) -> list[torch.Tensor]:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
+from ..weights.memory import release_file_pages
 
 GROUP_SIZES = (32, 64, 128, 256)  # what the CPU kernel accepts
 # Measured with benchmarks/quant_quality.py on SmolLM2-135M (corpus perplexity vs bf16): g32 +5%,
@@ -124,6 +125,8 @@ class Int4Linear(nn.Module):
             self.kernel_scales = self.scales_and_zeros[..., 0].t().contiguous()
             self.kernel_zeros = self.scales_and_zeros[..., 1].t().contiguous()
             if not keep_portable:  # the kernel's copies replace them (a quarter of the nibbles' bytes at g32)
+                # Read from a memory-mapped checkpoint, their pages would stay resident: hand them back.
+                release_file_pages([self.scales_and_zeros.data])
                 self.scales_and_zeros.data = torch.empty(0, dtype=self.scales_and_zeros.dtype)
             return
         if self.out_features % 16:
