@@ -11,7 +11,7 @@ import time
 import openai
 import pytest
 from serve_fixtures import (  # noqa: F401 - fixtures are found by name
-    NO_THINK, chat, client, raw, reference, server, wait_idle,
+    NO_THINK, chat, client, folder, raw, reference, server, wait_idle,
 )
 
 from qwen3lab import SamplingParams
