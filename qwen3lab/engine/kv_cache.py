@@ -7,6 +7,7 @@ business (``block_manager.py``). A token's slot is ``block_id * block_size + off
 
 from __future__ import annotations
 
+import math
 import mmap
 
 import torch
@@ -27,15 +28,11 @@ def _zeroed(shape: tuple, dtype: torch.dtype, device: torch.device):
     read as zeros and take memory only once written, so the pool costs what the sequences use, as
     llama.cpp's and vLLM's users expect from a CPU process.
     """
-    if device.type != "cpu":
+    nbytes = math.prod(shape) * dtype.itemsize
+    if device.type != "cpu" or nbytes == 0:
         return torch.zeros(shape, dtype=dtype, device=device), None
-    numel = 1
-    for n in shape:
-        numel *= n
-    nbytes = numel * torch.tensor([], dtype=dtype).element_size()
-    mapping = mmap.mmap(-1, max(nbytes, 1))
-    flat = torch.frombuffer(mapping, dtype=torch.uint8, count=nbytes) if nbytes else torch.empty(0, dtype=torch.uint8)
-    return flat.view(dtype).view(shape), mapping
+    mapping = mmap.mmap(-1, nbytes)
+    return torch.frombuffer(mapping, dtype=torch.uint8).view(dtype).view(shape), mapping
 
 
 class PagedKVCache:
@@ -44,9 +41,8 @@ class PagedKVCache:
         self.num_blocks, self.block_size, self.dtype = num_blocks, block_size, dtype
         shape = (num_blocks * block_size, config.num_key_value_heads, config.head_dim)
         # Zeros, not garbage: a gather may touch never-written slots (masked, but 0 * NaN would be NaN).
-        pool = _zeroed((2, config.num_hidden_layers, *shape), dtype, torch.device(device))
-        self._mapping = pool[1]
-        self.k, self.v = list(pool[0][0]), list(pool[0][1])
+        pool, self._mapping = _zeroed((2, config.num_hidden_layers, *shape), dtype, torch.device(device))
+        self.k, self.v = list(pool[0]), list(pool[1])
 
     @property
     def nbytes(self) -> int:

@@ -60,13 +60,16 @@ class Int8Linear(nn.Module):
             mod.bias.data = linear.bias.detach().clone()
         return mod
 
+    def _kernel_scale(self) -> torch.Tensor:
+        if getattr(self, "_scale_f32", None) is None:  # the kernels apply the row scale in float32
+            self._scale_f32 = self.weight_scale.float()
+        return self._scale_f32
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         if kernels.usable(x, self.in_features, multiple=64):
-            if getattr(self, "_scale_f32", None) is None:  # the kernel applies the row scale in float32
-                self._scale_f32 = self.weight_scale.float()
             out = kernels.ops().gemv_int8(x.reshape(-1, self.in_features).contiguous(), self.weight,
-                                          self._scale_f32).reshape(*x.shape[:-1], self.out_features)
+                                          self._kernel_scale()).reshape(*x.shape[:-1], self.out_features)
             return out if self.bias is None else out + self.bias
         # The int8 kernel is a GEMV at heart: for prefill-sized inputs a transient dequantized copy
         # and the float GEMM are several times faster (measured on Qwen3-4B shapes: 19.5 vs 50 tok/s).
@@ -77,11 +80,9 @@ class Int8Linear(nn.Module):
                                                      self.weight_scale.to(x.dtype))
             out = out.reshape(*x.shape[:-1], self.out_features)
             return out if self.bias is None else out + self.bias
-        if x.dtype == torch.bfloat16 and kernels.usable(x, self.in_features, max_rows=None) and self.weight.is_contiguous():
+        if kernels.usable(x, self.in_features, max_rows=None) and self.weight.is_contiguous():
             # One vectorized pass (the expression below costs 60% of the GEMM itself on a prefill chunk).
-            if getattr(self, "_scale_f32", None) is None:
-                self._scale_f32 = self.weight_scale.float()
-            w = kernels.ops().dequant_int8(self.weight, self._scale_f32, kernels.dequant_buffer(self.weight.numel()))
+            w = kernels.ops().dequant_int8(self.weight, self._kernel_scale(), kernels.dequant_buffer(self.weight.numel()))
         else:
             w = self.weight.to(x.dtype) * self.weight_scale.to(x.dtype)[:, None]
         return F.linear(x, w, self.bias)
