@@ -50,9 +50,13 @@ class LLM:
                  kv_cache_memory_gb: float = 4.0, enable_prefix_caching: bool = True,
                  lora: str | Path | None = None, speculative: dict | None = None,
                  quantization: str | None = None, quantization_group_size: int | None = None,
-                 fuse_projections: bool = True):
+                 fuse_projections: bool = True, lora_adapters: dict[str, str | Path] | None = None):
         """``quantization``: "int8" or "int4" weight-only quantization of every linear layer and the head
-        (see qwen3lab/quant); ``quantization_group_size``: int4 group (32, 64, 128 or 256)."""
+        (see qwen3lab/quant); ``quantization_group_size``: int4 group (32, 64, 128 or 256).
+
+        ``lora``: one PEFT adapter folder applied to every request. ``lora_adapters``: {name: folder} of
+        adapters served side by side on the unchanged base model, chosen per request with ``adapter=name``
+        (qwen3lab/lora/multi.py); requests without one run the base model."""
         if model is None:
             from .weights.default_model import smollm2_gguf_path
 
@@ -63,6 +67,9 @@ class LLM:
             from .quant.apply import check_mode
 
             check_mode(quantization, quantization_group_size)  # a bad mode fails before any loading work
+        if lora is not None and lora_adapters:
+            raise ValueError("give either lora= (one adapter for every request) or lora_adapters= (chosen per "
+                             "request), not both; add the single adapter to lora_adapters to serve it by name")
         self.device = torch.device(device)
         # The dtype follows the checkpoint when "auto"; read cheaply before the weights.
         cfg_dtype = None
@@ -93,6 +100,10 @@ class LLM:
             from .kernels import install
 
             install(self.model)
+        if lora_adapters:  # after fusion and kernels: the adapters wrap whatever the base projections became
+            from .lora import apply_adapters
+
+            apply_adapters(self.model, lora_adapters)
         settings = EngineSettings(max_num_seqs, max_num_batched_tokens, max_model_len, kv_cache_memory_gb,
                                   enable_prefix_caching=enable_prefix_caching)
         drafter = None
@@ -114,8 +125,9 @@ class LLM:
 
     def generate(self, prompts: str | list[int] | list[str] | list[list[int]],
                  sampling_params: SamplingParams | list[SamplingParams] | None = None,
-                 use_tqdm: bool = False, constraint_factory=None) -> list[RequestOutput]:
-        """``constraint_factory`` (see ``qwen3lab.structured``) constrains every sample of every prompt."""
+                 use_tqdm: bool = False, constraint_factory=None, adapter: str | None = None) -> list[RequestOutput]:
+        """``constraint_factory`` (see ``qwen3lab.structured``) constrains every sample of every prompt;
+        ``adapter`` names one of ``lora_adapters`` to generate with (None: the base model)."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params = sampling_params or SamplingParams()
@@ -125,7 +137,8 @@ class LLM:
         ids = []
         for prompt, p in zip(prompts, params_list):
             tokens, text = self._encode(prompt)
-            ids.append(self.engine.add_request(tokens, p, prompt=text, constraint_factory=constraint_factory))
+            ids.append(self.engine.add_request(tokens, p, prompt=text, constraint_factory=constraint_factory,
+                                               adapter=adapter))
         bar = tqdm(total=len(ids), desc="generating", unit="req", disable=not use_tqdm)
         done = set()
         while self.engine.has_unfinished():
@@ -136,10 +149,11 @@ class LLM:
         bar.close()
         return [self.engine.pop(r) for r in ids]
 
-    def stream(self, prompt: str | list[int], sampling_params: SamplingParams | None = None) -> Iterator[StreamDelta]:
+    def stream(self, prompt: str | list[int], sampling_params: SamplingParams | None = None,
+               adapter: str | None = None) -> Iterator[StreamDelta]:
         """Yield text/token deltas of one prompt as they are generated (one request, all its samples)."""
         tokens, text = self._encode(prompt)
-        rid = self.engine.add_request(tokens, sampling_params or SamplingParams(), prompt=text)
+        rid = self.engine.add_request(tokens, sampling_params or SamplingParams(), prompt=text, adapter=adapter)
         try:
             while not self.engine.is_finished(rid):
                 for d in self.engine.step():
@@ -161,7 +175,7 @@ class LLM:
 
     def chat(self, messages: list[dict] | list[list[dict]], tools: list[dict] | None = None,
              enable_thinking: bool | None = None, sampling: SamplingParams | None = None,
-             response_format: dict | None = None, tool_choice=None,
+             response_format: dict | None = None, tool_choice=None, adapter: str | None = None,
              **template_kwargs) -> ChatResult | list[ChatResult]:
         """``response_format`` / ``tool_choice`` take OpenAI's shapes and constrain the answer to JSON
         or to tool calls (``qwen3lab.structured``); reasoning stays free."""
@@ -174,7 +188,7 @@ class LLM:
                                          tool_choice=tool_choice, thinking=thinking)
         prompts = [self.tokenizer.encode(self.render_chat(m, tools, enable_thinking, **template_kwargs),
                                          add_special_tokens=False) for m in conversations]
-        outs = self.generate(prompts, sampling, constraint_factory=factory)
+        outs = self.generate(prompts, sampling, constraint_factory=factory, adapter=adapter)
         results = []
         for out in outs:
             parsed = parse_output(out.text, thinking=thinking)
@@ -184,13 +198,26 @@ class LLM:
 
     # -- scoring ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def logits(self, token_ids: list[int], chunk: int | None = None) -> torch.Tensor:
+    def logits(self, token_ids: list[int], chunk: int | None = None, adapter: str | None = None) -> torch.Tensor:
         """Next-token logits [len, vocab] (float32) for every position of one sequence.
 
         ``chunk``: feed the sequence ``chunk`` tokens at a time through the engine's paged KV cache
         instead of in one pass, so that every product is as small as in decoding (this is how the
-        quantization bench scores the decode kernels). Needs an idle engine.
+        quantization bench scores the decode kernels). Needs an idle engine. ``adapter``: score with one
+        of ``lora_adapters``.
         """
+        bank = getattr(self.model, "lora_bank", None)
+        if adapter is None:
+            return self._logits(token_ids, chunk)
+        if bank is None:
+            raise ValueError(f"adapter {adapter!r} requested, but no LoRA adapters are loaded (lora_adapters=...)")
+        bank.set_tokens([bank.slot(adapter)] * len(token_ids), self.device)
+        try:
+            return self._logits(token_ids, chunk)
+        finally:
+            bank.clear()
+
+    def _logits(self, token_ids: list[int], chunk: int | None) -> torch.Tensor:
         from .model import AttentionMetadata
 
         n, cfg = len(token_ids), self.config

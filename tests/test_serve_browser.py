@@ -21,6 +21,7 @@ from checkpoints import save_reference
 from qwen3lab import LLM
 from qwen3lab.serve import ServerConfig, build_app
 from serve_fixtures import KEY, ServerThread
+from train_helpers import TINY, random_adapter
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
@@ -107,3 +108,33 @@ def test_chat_page_streams_the_greedy_answer(server, browser):
     assert got["reasoning_shown"] and got["reasoning"] == want.reasoning_content
     assert got["answer_text"] == "" and got["history"] == [{"role": "user", "content": text},
                                                             {"role": "assistant", "content": ""}]
+
+
+def test_chat_page_picks_a_lora_adapter(scratch, browser):
+    from selenium.webdriver.support.ui import Select
+
+    root = scratch("tiny-qwen3-lora-page")
+    base = save_reference(root / "base", "qwen3", **TINY)[0]
+    adapter = random_adapter(base, root / "adapter", 4, ("q_proj", "v_proj", "down_proj"))
+    llm = LLM(str(base), dtype="float32", max_model_len=512, kv_cache_memory_gb=0.05,
+              lora_adapters={"mine": adapter})
+    with ServerThread(build_app(llm, ServerConfig(served_model_names=["tiny"], api_key=KEY))) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        text = "Name a colour."
+
+        def whole(model: str) -> str:
+            return client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": text}], max_tokens=MAX_TOKENS, temperature=0,
+                extra_body={"chat_template_kwargs": {"enable_thinking": False}}).choices[0].message.content
+
+        browser.get(f"{server.url}/?max_tokens={MAX_TOKENS}&temperature=0&think=0")
+        key = browser.find_element(By.ID, "key")
+        key.clear()
+        key.send_keys(KEY + Keys.TAB)  # the models list needs the key; the page asks again on change
+        WebDriverWait(browser, 30).until(lambda d: len(Select(d.find_element(By.ID, "model")).options) == 2)
+        picker = Select(browser.find_element(By.ID, "model"))
+        assert [o.get_attribute("value") for o in picker.options] == ["tiny", "mine"]
+        picker.select_by_value("mine")
+        got, want = ask(browser, text), whole("mine")
+        assert want != whole("tiny")  # the adapter changes the answer, so the page's choice is visible
+        assert got["history"][-1] == {"role": "assistant", "content": want}

@@ -21,3 +21,19 @@ def conversations(path: Path, n: int = 24) -> Path:
                           {"role": "assistant", "content": f"The sum is {2 * i + 1}."}]} for i in range(n)]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     return path
+
+
+def random_adapter(base: Path, folder: Path, r: int, targets: tuple[str, ...], seed: int = 0) -> Path:
+    """A PEFT-format LoRA adapter for ``base`` with random B (a fresh one would be the identity)."""
+    import torch
+
+    from qwen3lab.lora import apply_lora, save_adapter
+    from qwen3lab.weights.loader import load_checkpoint
+
+    torch.manual_seed(seed)
+    model = load_checkpoint(base, torch.float32).model
+    apply_lora(model, r=r, alpha=2 * r, target_modules=targets)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    return save_adapter(model, folder)

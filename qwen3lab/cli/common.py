@@ -32,6 +32,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32", "float16"),
                    help="weight and activation dtype; auto (the default) follows the checkpoint, bfloat16 for GGUF")
     g.add_argument("--device", default="cpu", metavar="D", help="torch device, e.g. cpu (the default) or cuda")
+    g.add_argument("--quantization", "-q", choices=("int8", "int4"), default=None,
+                   help="weight-only quantization applied after loading (default: none; a folder written by "
+                        "`qwen3lab quantize` loads already quantized)")
+    g.add_argument("--group-size", type=int, default=None, metavar="G", help="int4 group size (default 32)")
+    g.add_argument("--lora", default=None, metavar="DIR",
+                   help="a PEFT-format LoRA adapter folder (e.g. from `qwen3lab sft`) applied to every request")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int, with_n: bool = True) -> None:
@@ -77,9 +83,21 @@ def sampling_from_args(args: argparse.Namespace):
     return SamplingParams(**values)  # raises ValueError naming the bad field
 
 
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """The `LLM(...)` arguments of the model options, checked before any loading work."""
+    from ..quant.apply import check_mode
+
+    if args.quantization is not None:
+        check_mode(args.quantization, args.group_size)
+    elif args.group_size is not None:
+        raise ValueError("--group-size needs --quantization int4")
+    if args.model is None:
+        print(DEFAULT_NOTE, file=sys.stderr)
+    return dict(model=args.model, dtype=args.dtype, device=args.device, quantization=args.quantization,
+                quantization_group_size=args.group_size, lora=args.lora)
+
+
 def load_llm(args: argparse.Namespace):
     from ..llm import LLM
 
-    if args.model is None:
-        print(DEFAULT_NOTE, file=sys.stderr)
-    return LLM(model=args.model, dtype=args.dtype, device=args.device)
+    return LLM(**model_kwargs(args))

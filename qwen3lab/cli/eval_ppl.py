@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from .common import DEFAULT_NOTE, HelpFormatter, add_model_args
+from .common import HelpFormatter, add_model_args, model_kwargs
 
 EPILOG = """\
 examples:
@@ -30,10 +29,6 @@ def add_parser(sub) -> None:
                        description="Measure perplexity with a sliding window over a fixed text corpus.",
                        epilog=EPILOG, formatter_class=HelpFormatter)
     add_model_args(p)
-    g = p.add_argument_group("quantization")
-    g.add_argument("--quantization", "-q", choices=("int8", "int4"), default=None,
-                   help="quantize the weights after loading (default: none)")
-    g.add_argument("--group-size", type=int, default=None, metavar="G", help="int4 group size (default 32)")
     e = p.add_argument_group("evaluation")
     e.add_argument("--text", metavar="FILE", default=None, help="text file to score (default: the shipped corpus)")
     e.add_argument("--window", type=int, default=512, metavar="N", help="tokens per window (default: 512)")
@@ -47,18 +42,11 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from ..llm import LLM
-    from ..quant.apply import check_mode
     from ..quant.quality import corpus_text, perplexity
 
-    if args.quantization is not None:
-        check_mode(args.quantization, args.group_size)
-    elif args.group_size is not None:
-        raise ValueError("--group-size needs --quantization int4")
+    kwargs = model_kwargs(args)
     text = corpus_text(args.text)  # fail on a bad path before loading
-    if args.model is None:
-        print(DEFAULT_NOTE, file=sys.stderr)
-    llm = LLM(model=args.model, dtype=args.dtype, device=args.device, kv_cache_memory_gb=0.05,
-              quantization=args.quantization, quantization_group_size=args.group_size)
+    llm = LLM(**kwargs, kv_cache_memory_gb=0.05)
     res = perplexity(llm, text, args.window, args.stride, args.max_tokens)
     q = getattr(llm.model, "quantization", None)
     facts = {"model": str(llm.model_path), "dtype": str(llm.dtype).removeprefix("torch."),

@@ -10,14 +10,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import DEFAULT_NOTE, HelpFormatter, add_model_args
+from .common import HelpFormatter, add_model_args, model_kwargs
 
 EPILOG = """\
 examples:
   qwen3lab serve                                   # embedded SmolLM2 on http://127.0.0.1:8000
   qwen3lab serve --model Qwen/Qwen3-4B --port 8000 --api-key secret
+  qwen3lab serve --model Qwen/Qwen3-4B --lora-modules extract=runs/extract/final math=runs/grpo/final
   curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
        -d '{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 64}'
+
+With --lora-modules each adapter is a model of its own in /v1/models: a request with
+"model": "extract" runs the base model with that adapter; requests for the base name run it
+without one, and both kinds share every batch.
 
 Open http://127.0.0.1:8000/ in a browser for the chat page. Endpoints: /v1/chat/completions,
 /v1/completions, /v1/models, /health, /metrics (Prometheus). Unset sampling fields follow the
@@ -37,6 +42,9 @@ def add_parser(sub) -> None:
                    help="require 'Authorization: Bearer K' on /v1/* (default: no key)")
     g.add_argument("--served-model-name", action="append", default=None, metavar="NAME",
                    help="model name(s) clients use (default: the --model value's last path part)")
+    g.add_argument("--lora-modules", nargs="+", action="extend", default=None, metavar="NAME=DIR",
+                   help="LoRA adapters (PEFT folders) served side by side under these model names, chosen per "
+                        "request by its \"model\" field (as vLLM's --lora-modules)")
     g.add_argument("--max-tokens-limit", type=int, default=None, metavar="N",
                    help="largest max_tokens a request may ask for; also the default (default: the context)")
     g.add_argument("--max-body-mb", type=float, default=8.0, metavar="MB",
@@ -72,6 +80,23 @@ def _speculative(text: str | None) -> dict | None:
     return spec
 
 
+def _lora_modules(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--lora-modules takes NAME=DIR pairs, got {item!r}")
+        if name in out:
+            raise ValueError(f"--lora-modules names {name!r} twice")
+        if not Path(path).is_dir():
+            raise ValueError(f"--lora-modules {name}: {path} is not a folder (a PEFT adapter folder with "
+                             "adapter_config.json and adapter_model.safetensors)")
+        out[name] = path
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -81,14 +106,14 @@ def run(args: argparse.Namespace) -> int:
     for name in ("port", "max_num_seqs", "max_waiting"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.model is None:
-        print(DEFAULT_NOTE, file=sys.stderr)
-    llm = LLM(model=args.model, dtype=args.dtype, device=args.device, max_num_seqs=args.max_num_seqs,
+    adapters = _lora_modules(args.lora_modules)
+    llm = LLM(**model_kwargs(args), lora_adapters=adapters, max_num_seqs=args.max_num_seqs,
               max_model_len=args.max_model_len, max_num_batched_tokens=args.max_num_batched_tokens,
               kv_cache_memory_gb=args.kv_cache_memory_gb, speculative=_speculative(args.speculative))
     names = args.served_model_name or [Path(str(args.model or llm.model_path)).name.removesuffix(".gguf")]
     config = ServerConfig(served_model_names=names, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
                           max_body_bytes=int(args.max_body_mb * 2**20), max_waiting=args.max_waiting)
-    print(f"qwen3lab: serving {names[0]} on http://{args.host}:{args.port}/ (chat page at /)", file=sys.stderr)
+    served = ", ".join([names[0], *(adapters or {})])
+    print(f"qwen3lab: serving {served} on http://{args.host}:{args.port}/ (chat page at /)", file=sys.stderr)
     uvicorn.run(build_app(llm, config), host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -1,7 +1,8 @@
 """KV-cache block allocation with prefix caching: plain Python, no tensors.
 
 Blocks are reference-counted. A full block is keyed by a hash of its tokens chained with the
-previous block's key, so two prompts that share a prefix share its blocks. A block whose count
+previous block's key (the first block with the sequence's ``cache_salt``, e.g. its LoRA adapter,
+whose keys and values differ from the base model's), so two prompts that share a prefix share its blocks. A block whose count
 drops to zero keeps its key and sits in the free list as evictable: reused if the same prefix comes
 back, recycled least-recently-freed first otherwise.
 """
@@ -57,7 +58,7 @@ class BlockManager:
         keys: list[bytes] = []
         if self.enable_prefix_caching:
             tokens, bs = seq.all_token_ids, self.block_size
-            parent = None
+            parent = seq.cache_salt
             for i in range((len(tokens) - 1) // bs):
                 parent = block_key(parent, tokens[i * bs: (i + 1) * bs])
                 block = self.cached.get(parent)
@@ -95,7 +96,7 @@ class BlockManager:
         # Draft tokens may be computed past the known tokens; only known tokens are keyed.
         while len(seq.block_hashes) < min(seq.num_computed, len(tokens)) // bs:
             i = len(seq.block_hashes)
-            key = block_key(seq.block_hashes[-1] if seq.block_hashes else None, tokens[i * bs: (i + 1) * bs])
+            key = block_key(seq.block_hashes[-1] if seq.block_hashes else seq.cache_salt, tokens[i * bs: (i + 1) * bs])
             seq.block_hashes.append(key)
             block = seq.block_table[i]
             if key not in self.cached:

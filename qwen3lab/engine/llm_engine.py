@@ -66,8 +66,9 @@ class LLMEngine:
         self._ids = itertools.count()
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
-                    prompt: str | None = None, constraint_factory=None) -> str:
-        """Queue a request (n sequences); ``constraint_factory()`` makes one decoding constraint per sample."""
+                    prompt: str | None = None, constraint_factory=None, adapter: str | None = None) -> str:
+        """Queue a request (n sequences); ``constraint_factory()`` makes one decoding constraint per sample;
+        ``adapter``: the name of a LoRA adapter loaded with ``LLM(lora_adapters=...)``, None for the base model."""
         n = len(prompt_token_ids)
         if n == 0:
             raise ValueError("prompt is empty: give at least one token")
@@ -78,13 +79,20 @@ class LLMEngine:
         vocab = self.runner.config.vocab_size
         if max(prompt_token_ids) >= vocab or min(prompt_token_ids) < 0:
             raise ValueError(f"prompt token ids must be in [0, {vocab}) for this model")
+        slot = 0
+        if adapter is not None:
+            if self.runner.lora_bank is None:
+                raise ValueError(f"adapter {adapter!r} requested, but no LoRA adapters are loaded "
+                                 "(LLM(..., lora_adapters={name: folder}) or `qwen3lab serve --lora-modules NAME=DIR`)")
+            slot = self.runner.lora_bank.slot(adapter)
         params = params.resolve(self.generation)
         request_id = request_id or f"req-{next(self._ids)}"
         room = self.max_model_len - n
         budget = min(params.max_tokens or room, room)
         seqs = []
         for i in range(params.n):
-            s = Sequence(request_id, i, list(prompt_token_ids), params, budget)
+            s = Sequence(request_id, i, list(prompt_token_ids), params, budget, lora_slot=slot,
+                         cache_salt=f"lora:{adapter}".encode() if slot else None)
             s.generator = torch.Generator()
             # Unseeded requests draw their seed from the global RNG, so torch.manual_seed still governs them.
             s.generator.manual_seed(params.seed + i if params.seed is not None

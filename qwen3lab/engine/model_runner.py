@@ -15,11 +15,15 @@ class ModelRunner:
     def __init__(self, model: CausalLM, cache: PagedKVCache, device: torch.device | str = "cpu"):
         self.model, self.config, self.cache = model, model.config, cache
         self.device = torch.device(device)
+        self.lora_bank = getattr(model, "lora_bank", None)  # multi-LoRA serving (qwen3lab/lora/multi.py)
 
     def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, AttentionMetadata]:
         ids: list[int] = []
         for s, n in zip(batch.seqs, batch.num_new_tokens):
             ids.extend(s.feed_token_ids[s.num_computed: s.num_computed + n])
+        if self.lora_bank is not None:
+            self.lora_bank.set_tokens([s.lora_slot for s, n in zip(batch.seqs, batch.num_new_tokens)
+                                       for _ in range(n)], self.device)
         meta = AttentionMetadata.build(
             batch.num_new_tokens, [s.num_computed + n for s, n in zip(batch.seqs, batch.num_new_tokens)],
             self.config.layer_types, self.config.sliding_window,
@@ -37,11 +41,15 @@ class ModelRunner:
         ``self.captured`` ([N, hidden] each, rows at ``self.last_starts``) for drafters like EAGLE3.
         """
         ids, meta = self.prepare(batch)
-        if capture_layers:
-            hidden, self.captured = self.model(ids, meta, self.cache, output_hidden_layers=capture_layers)
-            self.last_starts = meta.starts
-        else:
-            hidden = self.model(ids, meta, self.cache)
+        try:
+            if capture_layers:
+                hidden, self.captured = self.model(ids, meta, self.cache, output_hidden_layers=capture_layers)
+                self.last_starts = meta.starts
+            else:
+                hidden = self.model(ids, meta, self.cache)
+        finally:  # other callers of the model (scoring) see the base model
+            if self.lora_bank is not None:
+                self.lora_bank.clear()
         rows = [i for i in range(len(batch.seqs)) if batch.samples(i)]
         if not rows:
             return [], torch.empty(0), []

@@ -55,6 +55,10 @@ class Sequence:
     # Optional constrained decoding (JSON schema, tool-call grammar): an object with
     # ``allowed_tokens(vocab_size) -> torch.BoolTensor | None`` and ``advance(token_id)``.
     constraint: Any = None
+    # Multi-LoRA serving: the adapter slot its tokens run with (0: the base model), and the salt of its
+    # prefix-cache keys, so that blocks computed under one adapter are never reused under another.
+    lora_slot: int = 0
+    cache_salt: bytes | None = None
 
     @property
     def all_token_ids(self) -> list[int]:

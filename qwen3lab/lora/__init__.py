@@ -2,7 +2,8 @@
 
 from .apply import DEFAULT_TARGETS, apply_lora, lora_disabled, lora_layers, merge_lora
 from .layer import LoRALinear
+from .multi import AdapterBank, MultiLoRALinear, apply_adapters
 from .peft_io import load_adapter, save_adapter
 
-__all__ = ["DEFAULT_TARGETS", "LoRALinear", "apply_lora", "lora_disabled", "lora_layers", "load_adapter",
+__all__ = ["DEFAULT_TARGETS", "AdapterBank", "LoRALinear", "MultiLoRALinear", "apply_adapters", "apply_lora", "lora_disabled", "lora_layers", "load_adapter",
            "merge_lora", "save_adapter"]

@@ -119,7 +119,7 @@ class EngineDriver:
         self._thread.join(timeout=10)
 
     async def submit(self, prompt_token_ids: list[int], params, prompt: str | None = None,
-                     constraint_factory=None, prefix: str = "req") -> RequestHandle:
+                     constraint_factory=None, prefix: str = "req", adapter: str | None = None) -> RequestHandle:
         """Add a request on the engine thread; raises APIError (400 bad input, 503 overloaded)."""
         loop = asyncio.get_running_loop()
         accepted: asyncio.Future = loop.create_future()
@@ -142,7 +142,7 @@ class EngineDriver:
                                         "sequences are waiting; retry later", code="overloaded")
                 factory = self._guard(request_id, constraint_factory) if constraint_factory else None
                 self.engine.add_request(list(prompt_token_ids), params, request_id=request_id, prompt=prompt,
-                                        constraint_factory=factory)
+                                        constraint_factory=factory, adapter=adapter)
                 self._live[request_id] = _Live(loop, events, time.monotonic())
                 self.metrics.prompt_tokens += len(prompt_token_ids)
                 error = None

@@ -77,6 +77,18 @@ class Metrics:
         one("spec_decode_num_drafts_total", "counter", "Speculative verification steps.", spec["steps"])
         one("spec_decode_num_draft_tokens_total", "counter", "Draft tokens proposed.", spec["drafted"])
         one("spec_decode_num_accepted_tokens_total", "counter", "Draft tokens accepted.", spec["accepted"])
+        bank = engine.runner.lora_bank
+        if bank is not None:  # as vLLM's lora_requests_info: which adapters have sequences running / waiting
+
+            def names(seqs) -> str:
+                return ",".join(sorted({bank.names[s.lora_slot - 1] for s in seqs if s.lora_slot}))
+
+            running = names(engine.scheduler.running)
+            metric("lora_requests_info", "gauge", "LoRA adapters with running and waiting sequences; the value "
+                   "counts the running ones.",
+                   [f'{PREFIX}:lora_requests_info{{{labels},running_lora_adapters="{running}",'
+                    f'waiting_lora_adapters="{names(engine.scheduler.waiting)}",max_lora="{len(bank.names)}"}} '
+                    f'{len(running.split(",")) if running else 0}'])
         one("prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", self.prompt_tokens)
         one("generation_tokens_total", "counter", "Generated tokens.", self.generation_tokens)
         metric("request_success_total", "counter", "Finished requests by finish reason.",

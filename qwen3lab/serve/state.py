@@ -25,6 +25,13 @@ class ServerState:
         self.llm, self.config = llm, config
         self.metrics = Metrics(config.served_model_names[0])
         self.driver = EngineDriver(llm.engine, self.metrics, config.max_waiting)
+        # LoRA adapters loaded with LLM(lora_adapters=...) are served under their own names (as vLLM's
+        # --lora-modules): a request for one runs the base model with that adapter.
+        bank = getattr(llm.model, "lora_bank", None)
+        self.adapters: dict[str, str] = dict(zip(bank.names, bank.paths)) if bank is not None else {}
+        clash = set(self.adapters) & set(config.served_model_names)
+        if clash:
+            raise ValueError(f"LoRA adapter name(s) {sorted(clash)} clash with the served model name; rename them")
 
     @property
     def model_name(self) -> str:
@@ -32,10 +39,15 @@ class ServerState:
 
     def check_model(self, name: str | None) -> str:
         """The name to answer with; 404 in OpenAI's shape for a model this server does not serve."""
-        if name is None or name in self.config.served_model_names:
+        if name is None or name in self.config.served_model_names or name in self.adapters:
             return name or self.model_name
         raise APIError(404, f"The model `{name}` does not exist. This server serves "
-                            f"{', '.join(self.config.served_model_names)}.", "model", "model_not_found")
+                            f"{', '.join([*self.config.served_model_names, *self.adapters])}.", "model",
+                       "model_not_found")
+
+    def adapter(self, model: str) -> str | None:
+        """The LoRA adapter a (checked) model name selects, or None for the base model."""
+        return model if model in self.adapters else None
 
 
 def get_state(request: Request) -> ServerState:

@@ -25,7 +25,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     params = body.to_sampling_params(state.config.max_tokens_limit)
     prompt = await asyncio.to_thread(build_chat_prompt, body, state.llm)
     handle = await state.driver.submit(prompt.token_ids, params, prompt.text, prompt.constraint_factory,
-                                       prefix="chatcmpl")
+                                       prefix="chatcmpl", adapter=state.adapter(model))
     response_id, created = handle.request_id, int(time.time())
     top = params.logprobs
     tokenizer = state.llm.tokenizer

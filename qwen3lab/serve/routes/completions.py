@@ -46,7 +46,7 @@ async def completions(body: CompletionRequest, request: Request):
     handles: list[RequestHandle] = []
     try:
         for ids, text in prompts:
-            handles.append(await state.driver.submit(ids, params, text, prefix="cmpl"))
+            handles.append(await state.driver.submit(ids, params, text, prefix="cmpl", adapter=state.adapter(model)))
     except BaseException:
         for h in handles:
             h.cancel()

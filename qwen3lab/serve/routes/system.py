@@ -17,10 +17,13 @@ _STARTED = int(time.time())
 @router.get("/v1/models")
 async def models(request: Request):
     state = get_state(request)
-    return {"object": "list", "data": [
-        {"id": name, "object": "model", "created": _STARTED, "owned_by": "qwen3lab",
-         "root": str(state.llm.model_path), "max_model_len": state.llm.engine.max_model_len}
-        for name in state.config.served_model_names]}
+    card = {"object": "model", "created": _STARTED, "owned_by": "qwen3lab",
+            "max_model_len": state.llm.engine.max_model_len}
+    base = [{"id": name, "root": str(state.llm.model_path), "parent": None, **card}
+            for name in state.config.served_model_names]
+    # Adapters as vLLM lists them: root is the adapter folder, parent the base model's name.
+    adapters = [{"id": name, "root": path, "parent": state.model_name, **card} for name, path in state.adapters.items()]
+    return {"object": "list", "data": base + adapters}
 
 
 @router.get("/health")
