@@ -157,3 +157,18 @@ def test_cli_lora_flags(setup, singles):
     assert r.stdout == want + "\n"
     r = run_cli("serve", "--model", str(base), "--lora-modules", f"all4:{folders['all4']}")
     assert r.returncode == 2 and "NAME=DIR" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_adapters_on_a_quantized_base(setup, singles, quantization):
+    """The adapter's update lands on the quantized base: off by the base's own quantization error only."""
+    base, folders = setup
+    multi = LLM(base, lora_adapters=folders, quantization=quantization, **SMALL)
+    quant = LLM(base, quantization=quantization, **SMALL)
+    quant_error = (quant.logits(IDS) - singles[None].logits(IDS)).abs().max()
+    for name in folders:
+        want = singles[name].logits(IDS)
+        effect = (want - singles[None].logits(IDS)).abs().max()
+        error = (multi.logits(IDS, adapter=name) - want).abs().max()
+        # Without the update the error would be the adapter's whole effect (about 2, against ~0.04 / ~0.4).
+        assert error < 1.5 * quant_error + 0.05 < effect, (name, error, effect, quant_error)
