@@ -61,12 +61,13 @@ class MultiLoRALinear(nn.Module):
     def __init__(self, base: nn.Module, bank: AdapterBank, parts: tuple[int, ...], rank: int):
         super().__init__()
         self.base, self.bank, self.parts, self.rank = base, bank, parts, rank
-        slots, in_f, out_f = len(bank.names) + 1, base.in_features, sum(parts)
+        n, in_f, out_f = len(bank.names), base.in_features, sum(parts)
         w = base.weight
-        # float32 like LoRALinear's own weights, so a served adapter computes what LLM(lora=...) does.
-        self.register_buffer("lora_A", torch.zeros(slots, rank * len(parts), in_f, device=w.device))
-        self.register_buffer("lora_B", torch.zeros(slots, out_f, rank * len(parts), device=w.device))
-        self.scaling = [0.0] * slots
+        # Row s - 1 holds slot s (slot 0, the base model, has none). float32 like LoRALinear's own
+        # weights, so a served adapter computes what LLM(lora=...) does.
+        self.register_buffer("lora_A", torch.zeros(n, rank * len(parts), in_f, device=w.device))
+        self.register_buffer("lora_B", torch.zeros(n, out_f, rank * len(parts), device=w.device))
+        self.scaling = [0.0] * n
 
     @property
     def in_features(self) -> int:
@@ -82,20 +83,21 @@ class MultiLoRALinear(nn.Module):
 
     @torch.no_grad()
     def set_part(self, slot: int, part: int, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
-        r, lo = a.shape[0], sum(self.parts[:part])
-        self.lora_A[slot, part * self.rank: part * self.rank + r] = a
-        self.lora_B[slot, lo: lo + self.parts[part], part * self.rank: part * self.rank + r] = b
-        self.scaling[slot] = scaling
+        r, lo, i = a.shape[0], sum(self.parts[:part]), slot - 1
+        self.lora_A[i, part * self.rank: part * self.rank + r] = a
+        self.lora_B[i, lo: lo + self.parts[part], part * self.rank: part * self.rank + r] = b
+        self.scaling[i] = scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         for slot, rows in self.bank.segments:
             xs = x if rows is None else x.index_select(0, rows)
-            delta = (xs.to(torch.float32) @ self.lora_A[slot].T) @ self.lora_B[slot].T
+            i = slot - 1
+            delta = (xs.to(torch.float32) @ self.lora_A[i].T) @ self.lora_B[i].T
             if rows is None:
-                y = y.add(delta.to(y.dtype), alpha=self.scaling[slot])
+                y = y.add(delta.to(y.dtype), alpha=self.scaling[i])
             else:
-                y = y.index_add(0, rows, delta.to(y.dtype), alpha=self.scaling[slot])
+                y = y.index_add(0, rows, delta.to(y.dtype), alpha=self.scaling[i])
         return y
 
 
