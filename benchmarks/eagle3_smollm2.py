@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=48)
     ap.add_argument("--ttt-steps", type=int, default=3, help="training-time-test unroll depth")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--max-num-seqs", type=int, default=32, help="batch of the target while it generates data")
+    ap.add_argument("--dtype", default="float32", help="target dtype when measuring (bfloat16 uses the CPU kernels)")
     ap.add_argument("--eval-only", action="store_true", help="measure OUT/draft, trained by an earlier run")
     ap.add_argument("--train-only", action="store_true", help="stop after training (measure later, quietly)")
     args = ap.parse_args()
@@ -93,7 +95,7 @@ def main() -> None:
         t0 = time.time()
         summary = train_eagle3(Eagle3TrainConfig(data=str(data), out=str(out / "draft"), steps=args.steps,
                                                  ttt_steps=args.ttt_steps, lr=args.lr, draft_vocab=args.draft_vocab,
-                                                 max_tokens=args.gen_tokens, batch_size=8, max_num_seqs=32,
+                                                 max_tokens=args.gen_tokens, batch_size=8, max_num_seqs=args.max_num_seqs,
                                                  log_every=25),
                                log=lambda m: print(m, flush=True))
         results = {"args": vars(args), "train_total_s": round(time.time() - t0, 1),
@@ -102,7 +104,7 @@ def main() -> None:
     if args.train_only:
         return
 
-    plain = LLM(None, dtype="float32", max_num_seqs=1)
+    plain = LLM(None, dtype=args.dtype, max_num_seqs=1)
     chats = [plain.render_chat([{"role": "user", "content": p}])
              for p in eagle3_prompts.prompts(held_out=True, limit=args.eval_prompts)]
     base, base_tps = timed(plain, chats, args.eval_tokens)
@@ -110,7 +112,7 @@ def main() -> None:
     print(f"plain: {base_tps:.2f} tok/s", flush=True)
     results["eagle3"] = {}
     for k in range(1, 6):
-        llm = LLM(None, dtype="float32", max_num_seqs=1,
+        llm = LLM(None, dtype=args.dtype, max_num_seqs=1,
                   speculative={"method": "eagle3", "model": str(out / "draft"), "num_tokens": k})
         outs, tps = timed(llm, chats, args.eval_tokens)
         same = [o.token_ids for o in outs] == [o.token_ids for o in base]
@@ -129,7 +131,7 @@ def main() -> None:
     ex = extraction.make_examples(1, seed=5)[0]["messages"][:1]
     prompt = [plain.render_chat(ex)]
     eb, etps = timed(plain, prompt, 64)
-    ng = LLM(None, dtype="float32", max_num_seqs=1, speculative={"method": "ngram", "num_tokens": 4})
+    ng = LLM(None, dtype=args.dtype, max_num_seqs=1, speculative={"method": "ngram", "num_tokens": 4})
     eo, ntps = timed(ng, prompt, 64)
     o = eo[0].outputs[0]
     results["ngram_extraction"] = {"plain_tok_s": round(etps, 3), "ngram_tok_s": round(ntps, 3),

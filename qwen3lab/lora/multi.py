@@ -112,7 +112,12 @@ def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def _locate(modules: dict[str, nn.Module], name: str) -> tuple[str, int] | None:
-    """(module name to wrap, part index) for a Hugging Face projection name, fused or not."""
+    """(module name to wrap, part index) for a Hugging Face projection name, fused or not.
+
+    Only decoder-layer projections: the head runs after the step's adapter rows are cleared (as in
+    ``apply_lora``, which never wraps ``lm_head`` or embeddings)."""
+    if not name.startswith("model.layers."):
+        return None
     if name in modules and hasattr(modules[name], "in_features"):
         return name, 0
     parent, _, proj = name.rpartition(".")
