@@ -206,16 +206,11 @@ class LLM:
         quantization bench scores the decode kernels). Needs an idle engine. ``adapter``: score with one
         of ``lora_adapters``.
         """
-        bank = getattr(self.model, "lora_bank", None)
-        if adapter is None:
+        slot = self.engine.adapter_slot(adapter)
+        if not slot:
             return self._logits(token_ids, chunk)
-        if bank is None:
-            raise ValueError(f"adapter {adapter!r} requested, but no LoRA adapters are loaded (lora_adapters=...)")
-        bank.set_tokens([bank.slot(adapter)] * len(token_ids), self.device)
-        try:
+        with self.engine.runner.lora_bank.active([slot] * len(token_ids), self.device):
             return self._logits(token_ids, chunk)
-        finally:
-            bank.clear()
 
     def _logits(self, token_ids: list[int], chunk: int | None) -> torch.Tensor:
         from .model import AttentionMetadata

@@ -2,9 +2,9 @@
 
 Blocks are reference-counted. A full block is keyed by a hash of its tokens chained with the
 previous block's key (the first block with the sequence's ``cache_salt``, e.g. its LoRA adapter,
-whose keys and values differ from the base model's), so two prompts that share a prefix share its blocks. A block whose count
-drops to zero keeps its key and sits in the free list as evictable: reused if the same prefix comes
-back, recycled least-recently-freed first otherwise.
+whose keys and values differ from the base model's), so two prompts that share a prefix share its
+blocks. A block whose count drops to zero keeps its key and sits in the free list as evictable:
+reused if the same prefix comes back, recycled least-recently-freed first otherwise.
 """
 
 from __future__ import annotations

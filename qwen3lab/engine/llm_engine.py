@@ -79,12 +79,7 @@ class LLMEngine:
         vocab = self.runner.config.vocab_size
         if max(prompt_token_ids) >= vocab or min(prompt_token_ids) < 0:
             raise ValueError(f"prompt token ids must be in [0, {vocab}) for this model")
-        slot = 0
-        if adapter is not None:
-            if self.runner.lora_bank is None:
-                raise ValueError(f"adapter {adapter!r} requested, but no LoRA adapters are loaded "
-                                 "(LLM(..., lora_adapters={name: folder}) or `qwen3lab serve --lora-modules NAME=DIR`)")
-            slot = self.runner.lora_bank.slot(adapter)
+        slot = self.adapter_slot(adapter)
         params = params.resolve(self.generation)
         request_id = request_id or f"req-{next(self._ids)}"
         room = self.max_model_len - n
@@ -104,6 +99,15 @@ class LLMEngine:
         self.requests[request_id] = seqs
         self._prompts[request_id] = prompt
         return request_id
+
+    def adapter_slot(self, adapter: str | None) -> int:
+        """The LoRA slot of an adapter name (0 for None, the base model); a ValueError for unknown names."""
+        if adapter is None:
+            return 0
+        if self.runner.lora_bank is None:
+            raise ValueError(f"adapter {adapter!r} requested, but no LoRA adapters are loaded "
+                             "(LLM(..., lora_adapters={name: folder}) or `qwen3lab serve --lora-modules NAME=DIR`)")
+        return self.runner.lora_bank.slot(adapter)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()

@@ -4,6 +4,8 @@ cache, and the logits of the rows that pick a next token. Knows tensors, not req
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from ..model import AttentionMetadata, CausalLM
@@ -21,9 +23,6 @@ class ModelRunner:
         ids: list[int] = []
         for s, n in zip(batch.seqs, batch.num_new_tokens):
             ids.extend(s.feed_token_ids[s.num_computed: s.num_computed + n])
-        if self.lora_bank is not None:
-            self.lora_bank.set_tokens([s.lora_slot for s, n in zip(batch.seqs, batch.num_new_tokens)
-                                       for _ in range(n)], self.device)
         meta = AttentionMetadata.build(
             batch.num_new_tokens, [s.num_computed + n for s, n in zip(batch.seqs, batch.num_new_tokens)],
             self.config.layer_types, self.config.sliding_window,
@@ -41,15 +40,14 @@ class ModelRunner:
         ``self.captured`` ([N, hidden] each, rows at ``self.last_starts``) for drafters like EAGLE3.
         """
         ids, meta = self.prepare(batch)
-        try:
+        adapters = nullcontext() if self.lora_bank is None else self.lora_bank.active(
+            [s.lora_slot for s, n in zip(batch.seqs, batch.num_new_tokens) for _ in range(n)], self.device)
+        with adapters:  # the head below is never adapted
             if capture_layers:
                 hidden, self.captured = self.model(ids, meta, self.cache, output_hidden_layers=capture_layers)
                 self.last_starts = meta.starts
             else:
                 hidden = self.model(ids, meta, self.cache)
-        finally:  # other callers of the model (scoring) see the base model
-            if self.lora_bank is not None:
-                self.lora_bank.clear()
         rows = [i for i in range(len(batch.seqs)) if batch.samples(i)]
         if not rows:
             return [], torch.empty(0), []

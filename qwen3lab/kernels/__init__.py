@@ -14,6 +14,7 @@ default ``~/.cache/torch_extensions``) and is reused by later processes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -115,14 +116,9 @@ def usable(x: torch.Tensor, in_features: int, multiple: int = 1, max_rows: int |
             and not (torch.is_grad_enabled() and x.requires_grad) and ops() is not None)
 
 
+@functools.cache
 def bf16_max_rows() -> int:
-    global _bf16_rows
-    if _bf16_rows is None:
-        _bf16_rows = AMX_BF16_ROWS if {"amx_bf16", "amx_tile"} <= _cpu_flags() else MAX_ROWS
-    return _bf16_rows
-
-
-_bf16_rows: int | None = None
+    return AMX_BF16_ROWS if {"amx_bf16", "amx_tile"} <= _cpu_flags() else MAX_ROWS
 
 
 class CpuLinear(nn.Linear):

@@ -15,13 +15,13 @@ has the same shapes. The base layer may be anything callable (bf16 kernel, int8,
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from .peft_io import PREFIX, WEIGHTS_FILE, read_adapter_config
+from .peft_io import PREFIX, WEIGHTS_FILE, read_adapter_config, read_adapter_tensors
 
 # Fused modules and the checkpoint projections they hold, in output order.
 FUSED_PARTS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
@@ -40,19 +40,20 @@ class AdapterBank:
         except ValueError:
             raise ValueError(f"no LoRA adapter named {name!r} is loaded; loaded: {', '.join(self.names)}") from None
 
-    def set_tokens(self, slots: list[int], device) -> None:
-        """Group the step's tokens by adapter slot (``slots[i]`` for token i; 0 = base model)."""
-        self.segments = []
+    @contextmanager
+    def active(self, slots: list[int], device):
+        """Run the model with token i under adapter ``slots[i]`` (0 = base model) inside the block; the
+        model is the base model again after it, whatever happens."""
         used = sorted(set(slots) - {0})
         if len(used) == 1 and slots.count(used[0]) == len(slots):
             self.segments = [(used[0], None)]
-            return
-        for s in used:
-            rows = [i for i, t in enumerate(slots) if t == s]
-            self.segments.append((s, torch.tensor(rows, device=device)))
-
-    def clear(self) -> None:
-        self.segments = []
+        else:
+            self.segments = [(s, torch.tensor([i for i, t in enumerate(slots) if t == s], device=device))
+                             for s in used]
+        try:
+            yield
+        finally:
+            self.segments = []
 
 
 class MultiLoRALinear(nn.Module):
@@ -106,9 +107,7 @@ def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     path = folder / WEIGHTS_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: a LoRA adapter folder needs {WEIGHTS_FILE}")
-    tensors = {k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."): v
-               for k, v in load_file(str(path)).items()}
-    return cfg, tensors
+    return cfg, read_adapter_tensors(path)
 
 
 def _locate(modules: dict[str, nn.Module], name: str) -> tuple[str, int] | None:

@@ -82,11 +82,15 @@ def load_adapter(model: nn.Module, folder: str | Path, dropout: float | None = N
     return model
 
 
-def load_adapter_weights(model: nn.Module, path: str | Path) -> None:
-    tensors = load_file(str(path))
+def read_adapter_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """``adapter_model.safetensors`` with keys as ours (``...lora_A.weight``)."""
     # PEFT versions differ on whether the adapter name appears in the key; accept both.
-    tensors = {k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."): v
-               for k, v in tensors.items()}
+    return {k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."): v
+            for k, v in load_file(str(path)).items()}
+
+
+def load_adapter_weights(model: nn.Module, path: str | Path) -> None:
+    tensors = read_adapter_tensors(path)
     expected = adapter_state_dict(model)
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
