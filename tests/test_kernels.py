@@ -95,12 +95,68 @@ def test_layers_use_the_kernels_and_match(mode, rows):
         layer = Int4Linear.from_linear(lin, 32)
         ref_w = dequantize_int4(layer.weight, layer.scales_and_zeros, 32)
         layer.prepare()
-        assert layer.kernel_scales is not None and layer.cpu_packed is None
+        if kernels.amx():
+            assert layer.amx_weight is not None and layer.weight.numel() == 0 and layer.kernel_scales is None
+        else:
+            assert layer.kernel_scales is not None and layer.cpu_packed is None
     ref = x.float() @ ref_w.t() + lin.bias.float()
     with torch.inference_mode():
         out = layer(x)
     assert out.shape == (2, rows, 96) and out.dtype == torch.bfloat16
     assert rel_err(out, ref) < 2e-2
+
+
+needs_amx = pytest.mark.skipif(not kernels.amx(), reason="this CPU (or OS) has no AMX tiles")
+
+
+@needs_amx
+@pytest.mark.parametrize("M", ROWS + (16, 33))
+def test_amx_int8_matches_dequantized_and_is_batch_invariant(M):
+    torch.manual_seed(M)
+    N, K = 96, 2560
+    x, w = torch.randn(M, K).bfloat16(), torch.randn(N, K) * 0.05
+    q, s = quantize_int8(w, torch.bfloat16)
+    y = ops.amx_int8(x, q, s.float())
+    assert rel_err(y, x.float() @ dequantize_int8(q, s).t()) < 1.5e-2
+    # Same activation quantization as the VNNI kernel: only fp32 summation order differs.
+    assert rel_err(y, ops.gemv_int8(x, q, s.float())) < 1e-2
+    # A row's result does not depend on the rows beside it (decode and verification agree bit for bit).
+    for m in {0, M - 1}:
+        assert torch.equal(ops.amx_int8(x[m:m + 1].contiguous(), q, s.float()), y[m:m + 1])
+
+
+@needs_amx
+@pytest.mark.parametrize("g", [32, 64, 128, 256])
+def test_amx_int4_matches_dequantized_and_is_batch_invariant(g):
+    torch.manual_seed(g)
+    N, K = 48, 1024 + 256
+    w = torch.randn(N, K) * 0.05
+    q, sz = quantize_int4(w, g, torch.bfloat16)
+    packed = pack_nibbles(q)
+    tiles = ops.amx_pack_int4(packed, g)
+    assert not torch.equal(tiles, packed) and torch.equal(ops.amx_unpack_int4(tiles, g), packed)
+    s, z = ops.amx_group_vectors(sz[..., 0]), ops.amx_group_vectors(sz[..., 1])
+    ref_w = dequantize_int4(packed, sz, g)
+    x = torch.randn(20, K).bfloat16()
+    full = ops.amx_int4(x, tiles, s, z, g)
+    assert rel_err(full, x.float() @ ref_w.t()) < 1.5e-2
+    for M in (1, 2, 3, 8, 16, 17):  # 1-2 rows take the VNNI form, more the tiles: the same bits
+        assert torch.equal(ops.amx_int4(x[:M].contiguous(), tiles, s, z, g), full[:M]), M
+
+
+@needs_amx
+def test_amx_int4_layer_float32_and_autograd_inputs():
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 64).bfloat16()
+    layer = Int4Linear.from_linear(lin, 64)
+    ref_w = dequantize_int4(layer.weight, layer.scales_and_zeros, 64)
+    layer.prepare()
+    x = torch.randn(3, 256, requires_grad=True)
+    out = layer(x)  # float32 input with autograd: the dequantized weight from the tile layout
+    assert out.dtype == torch.float32
+    assert rel_err(out.detach(), x.detach() @ ref_w.t() + lin.bias.float()) < 1e-2
+    out.sum().backward()
+    assert x.grad is not None
 
 
 def test_no_kernel_under_autograd():

@@ -74,7 +74,9 @@ def test_int4_linear_matches_dequantized_reference(group_size, dtype):
     ref = x.float() @ ref_w.t() + lin.bias.float()
     fallback = q(x)  # not packed yet: the dequantize path used off the CPU
     q.prepare()
-    if dtype == torch.bfloat16 and kernels.ops() is not None:  # qwen3lab's kernel reads the nibbles
+    if dtype == torch.bfloat16 and kernels.amx():  # the AMX kernel's tile layout replaces the nibbles
+        assert q.amx_weight is not None and q.weight.numel() == 0 and q.scales_and_zeros.numel() == 0
+    elif dtype == torch.bfloat16 and kernels.ops() is not None:  # qwen3lab's kernel reads the nibbles
         assert q.kernel_scales is not None and q.cpu_packed is None and q.scales_and_zeros.numel() == 0
     else:  # PyTorch's kernel, on its own packed layout
         assert q.cpu_packed is not None and q.weight.numel() == 0

@@ -66,7 +66,7 @@ def decode_weight_bytes(model: torch.nn.Module) -> int:
         seen.add(id(t))
         total += t.numel() * t.element_size()
     for m in model.modules():  # kernel-specific copies (int4 CPU layouts, scales and zeros) are plain attributes
-        for attr in ("cpu_packed", "kernel_scales", "kernel_zeros"):
+        for attr in ("cpu_packed", "kernel_scales", "kernel_zeros", "amx_weight", "amx_scales", "amx_zeros"):
             t = getattr(m, attr, None)
             if isinstance(t, torch.Tensor) and id(t) not in seen:
                 seen.add(id(t))

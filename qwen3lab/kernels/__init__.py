@@ -65,9 +65,10 @@ def _build():
     # soname PyTorch already loaded, so one thread pool serves both.
     return load(name="qwen3lab_cpu_kernels",
                 sources=[str(here / f) for f in ("bindings.cpp", "cpu_gemv.cpp", "cpu_norm_rope.cpp",
-                                                              "cpu_attention.cpp")],
+                                                              "cpu_attention.cpp", "cpu_amx.cpp")],
+                # -mamx-*: only enables the intrinsics; cpu_amx.cpp runs only where the CPU has AMX.
                 extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16",
-                              "-mavx512vnni", "-mfma", "-mf16c", "-fopenmp"],
+                              "-mavx512vnni", "-mfma", "-mf16c", "-mamx-tile", "-mamx-int8", "-mamx-bf16", "-fopenmp"],
                 extra_ldflags=["-fopenmp"], verbose=False)
 
 
@@ -107,6 +108,14 @@ def dequant_buffer(numel: int) -> torch.Tensor | None:
     if buf is None or buf.numel() < numel:
         buf = _scratch.buf = torch.empty(numel, dtype=torch.bfloat16)
     return buf[:numel]
+
+
+@functools.cache
+def amx() -> bool:
+    """Whether the AMX int8 / int4 kernels (cpu_amx.cpp) run here: a CPU with AMX tiles, an OS that grants
+    their state to this process, and ``QWEN3LAB_AMX`` not 0."""
+    return (os.environ.get("QWEN3LAB_AMX", "1") != "0" and {"amx_tile", "amx_int8"} <= _cpu_flags()
+            and ops() is not None and bool(ops().amx_available()))
 
 
 def usable(x: torch.Tensor, in_features: int, multiple: int = 1, max_rows: int | None = MAX_ROWS) -> bool:

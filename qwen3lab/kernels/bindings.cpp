@@ -8,6 +8,14 @@ at::Tensor gemv_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 at::Tensor dequant_int8(const at::Tensor& w, const at::Tensor& scale, const c10::optional<at::Tensor>& out);
 at::Tensor dequant_int4(const at::Tensor& w, const at::Tensor& scales, const at::Tensor& zeros, int64_t group_size,
                         const c10::optional<at::Tensor>& out);
+bool amx_available();
+at::Tensor amx_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale);
+at::Tensor amx_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales, const at::Tensor& zeros,
+                    int64_t group_size);
+at::Tensor amx_pack_int4(const at::Tensor& w, int64_t group_size);
+at::Tensor amx_unpack_int4(const at::Tensor& w, int64_t group_size, const c10::optional<at::Tensor>& out);
+at::Tensor amx_group_vectors(const at::Tensor& v);
+void set_int4_vnni_rows(int64_t rows);
 at::Tensor rms_norm_bf16(const at::Tensor& x, const at::Tensor& w, double eps);
 at::Tensor norm_rope_bf16(const at::Tensor& x, const c10::optional<at::Tensor>& w, const at::Tensor& cos,
                           const at::Tensor& sin, double eps);
@@ -22,6 +30,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("w"), py::arg("scale"), py::arg("out") = py::none());
   m.def("dequant_int4", &dequant_int4, "bf16 weight from int4 nibbles and bf16 scales/zeros [N, K / group]",
         py::arg("w"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"), py::arg("out") = py::none());
+  m.def("amx_available", &amx_available, "whether the OS granted this process AMX tile state");
+  m.def("amx_int8", &amx_int8, "y = x @ (w * scale).T on AMX tiles, up to 16 rows per pass (int8 activations per 64)");
+  m.def("amx_int4", &amx_int4, "y = x @ dequant(w).T on AMX tiles (w from amx_pack_int4, scales/zeros from amx_group_vectors)");
+  m.def("amx_pack_int4", &amx_pack_int4, "portable int4 nibbles [N, K / 2] -> the AMX kernel's layout");
+  m.def("amx_unpack_int4", &amx_unpack_int4, "the AMX kernel's int4 layout -> portable nibbles",
+        py::arg("w"), py::arg("group_size"), py::arg("out") = py::none());
+  m.def("set_int4_vnni_rows", &set_int4_vnni_rows, "rows up to which amx_int4 uses its VNNI form (tuning)");
+  m.def("amx_group_vectors", &amx_group_vectors, "scales or zeros [G, N] -> bf16 [N / 16, G, 16]");
   m.def("rms_norm_bf16", &rms_norm_bf16, "RMSNorm over the last dim, reference roundings (bf16)");
   m.def("paged_decode_attention", &paged_decode_attention, "one-token-per-sequence attention over the paged cache");
   m.def("norm_rope_bf16", &norm_rope_bf16, "per-head RMSNorm (optional) then rotary embedding (bf16)");

@@ -100,6 +100,8 @@ class Int4Linear(nn.Module):
                                  requires_grad=False) if bias else None
         self.cpu_packed: torch.Tensor | None = None  # built by prepare(); not part of the state
         self.kernel_scales = self.kernel_zeros = None  # [N, groups] bf16 for qwen3lab's kernel (prepare())
+        # The AMX kernel's forms (prepare()): nibbles repacked into tile order, scales / zeros [N / 16, groups, 16].
+        self.amx_weight = self.amx_scales = self.amx_zeros = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, group_size: int, weight: torch.Tensor | None = None,
@@ -119,6 +121,17 @@ class Int4Linear(nn.Module):
         (it is what a checkpoint stores: ``qwen3lab quantize`` keeps it, inference needs only the packed one)."""
         if self.weight.device.type != "cpu":
             return  # dequantize per call instead
+        if (kernels.amx() and self.out_features % 16 == 0 and self.in_features % 128 == 0
+                and self.scales_and_zeros.dtype == torch.bfloat16):
+            ops = kernels.ops()
+            self.amx_weight = ops.amx_pack_int4(self.weight.data, self.group_size)
+            self.amx_scales = ops.amx_group_vectors(self.scales_and_zeros[..., 0])
+            self.amx_zeros = ops.amx_group_vectors(self.scales_and_zeros[..., 1])
+            if not keep_portable:
+                release_file_pages([self.weight.data, self.scales_and_zeros.data])
+                self.weight.data = torch.empty(0, dtype=torch.uint8)
+                self.scales_and_zeros.data = torch.empty(0, dtype=self.scales_and_zeros.dtype)
+            return
         if (self.in_features % 128 == 0 and self.scales_and_zeros.dtype == torch.bfloat16
                 and kernels.ops() is not None):
             # qwen3lab's kernel reads the portable nibbles; scales and zeros row-major per output channel.
@@ -135,7 +148,26 @@ class Int4Linear(nn.Module):
         if not keep_portable:
             self.weight.data = torch.empty(0, dtype=torch.uint8)
 
+    def _amx_dequantized(self) -> torch.Tensor:
+        """The bf16 weight from the AMX form (inputs the kernel does not take: float32, autograd)."""
+        ops = kernels.ops()
+        n, g = self.out_features, self.in_features // self.group_size
+        portable = ops.amx_unpack_int4(self.amx_weight, self.group_size)
+        scales = self.amx_scales.permute(0, 2, 1).reshape(n, g).contiguous()
+        zeros = self.amx_zeros.permute(0, 2, 1).reshape(n, g).contiguous()
+        return ops.dequant_int4(portable, scales, zeros, self.group_size)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.amx_weight is not None and x.device.type == "cpu":
+            if kernels.usable(x, self.in_features, max_rows=None):
+                # Every row count, prefill included: 16 rows per pass cost about what dequantizing and the
+                # float GEMM do, and prefill then computes exactly what decoding would.
+                out = kernels.ops().amx_int4(x.reshape(-1, self.in_features).contiguous(), self.amx_weight,
+                                             self.amx_scales, self.amx_zeros, self.group_size)
+            else:
+                out = F.linear(x, self._amx_dequantized().to(x.dtype))
+            out = out.reshape(*x.shape[:-1], self.out_features)
+            return out if self.bias is None else out + self.bias
         if self.kernel_scales is not None and x.device.type == "cpu":
             if kernels.usable(x, self.in_features, multiple=128):
                 out = kernels.ops().gemv_int4(x.reshape(-1, self.in_features).contiguous(), self.weight,

@@ -68,7 +68,10 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         if kernels.usable(x, self.in_features, multiple=64):
-            out = kernels.ops().gemv_int8(x.reshape(-1, self.in_features).contiguous(), self.weight,
+            # AMX tiles where the CPU has them: the per-row cost hardly grows with the row count, so decode
+            # batches and speculative verification stay at the bandwidth limit (cpu_amx.cpp).
+            gemv = kernels.ops().amx_int8 if kernels.amx() and self.out_features % 16 == 0 else kernels.ops().gemv_int8
+            out = gemv(x.reshape(-1, self.in_features).contiguous(), self.weight,
                                           self._kernel_scale()).reshape(*x.shape[:-1], self.out_features)
             return out if self.bias is None else out + self.bias
         # The int8 kernel is a GEMV at heart: for prefill-sized inputs a transient dequantized copy

@@ -1,0 +1,446 @@
+// Weight-only int8 / int4 products on Intel AMX tiles, for decode batches (1..16 rows per pass).
+//
+// The AVX-512 VNNI kernels in cpu_gemv.cpp spend several vector instructions per weight per activation
+// row, so at 8 rows they are compute-bound on two cores (int8: 5.5 ms for 19456 x 2560 at 8 rows against
+// 1.2 ms at one). One AMX `tdpbssd` multiplies a 16 x 64 int8 tile by a 64 x 16 tile in a few dozen
+// cycles, so here the work per weight hardly grows with the number of rows and the pass stays at memory
+// bandwidth up to 16 rows.
+//
+// Layout trick: the weight [N, K] is the A operand as stored (16 output rows x 64 bytes of K, loaded with
+// stride K), and the activations are the B operand, repacked per call into AMX's 4-byte groups
+// (B[r][4m + j] = x[m][64b + 4r + j]). So the checkpoint layout is unchanged and C[n][m] = sum_k w x.
+//
+// Each 64-value block of K has its own activation scale (int8, as in cpu_gemv.cpp) or 32-value weight
+// group (int4), so each block's exact int32 tile is converted to fp32 and scaled before it is summed.
+// Every row's arithmetic is independent of how many rows share the pass: a row gets bit-identical
+// results alone or in a batch of 16 (decoding and speculative verification agree).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kBlock = 64;    // K per tile product (and int8 activation scale block)
+constexpr int64_t kMaxM = 16;
+constexpr int64_t kAhead = 8;     // activation rows per pass: B's 64-byte rows hold 16 x 4 bytes
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Linux hands out the 8 KB of tile state only on request (once per process); without it tile
+// instructions fault.
+bool request_amx() {
+  constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+  static const bool ok = syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+  return ok;
+}
+
+// tmm0/tmm3: C (16 x M int32); tmm1/tmm4: A, 16 weight rows x kA bytes; tmm2/tmm5: B (kA / 4 x 4M bytes).
+void configure(int64_t M, int64_t a_bytes) {
+  TileConfig cfg;
+  for (int t : {0, 3}) { cfg.rows[t] = 16; cfg.colsb[t] = static_cast<uint16_t>(M * 4); }
+  for (int t : {1, 4}) { cfg.rows[t] = 16; cfg.colsb[t] = static_cast<uint16_t>(a_bytes); }
+  for (int t : {2, 5}) { cfg.rows[t] = static_cast<uint8_t>(a_bytes / 4); cfg.colsb[t] = static_cast<uint16_t>(M * 4); }
+  _tile_loadconfig(&cfg);
+}
+
+// Signed int8 activations with one scale per `block` values, repacked for the B tile.
+// xb: [K / block][block / 4][M][4]; d: [K / block][16] (lanes >= M zero).
+struct PackedX {
+  std::vector<int8_t> xb;
+  std::vector<float> d;
+  std::vector<float> bsum;  // [K / block][16]: d * sum of the block's q (int4's zero-point term)
+};
+
+inline __m512 bf16x16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+
+// order: byte position p of a block -> k offset inside the block (identity for int8; int4's nibble order).
+PackedX pack_x(const at::BFloat16* x, int64_t M, int64_t K, int64_t block, const int* order) {
+  PackedX out;
+  const int64_t NB = K / block;
+  out.xb.assign(NB * block * M, 0);
+  out.d.assign(NB * 16, 0.f);
+  out.bsum.assign(NB * 16, 0.f);
+  const auto* xs = reinterpret_cast<const uint16_t*>(x);
+  alignas(64) int8_t q[kBlock];
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t b = 0; b < NB; ++b) {
+      const uint16_t* xr = xs + m * K + b * block;
+      __m512 amax = _mm512_setzero_ps();
+      for (int64_t k = 0; k < block; k += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(bf16x16(xr + k)));
+      const float dm = _mm512_reduce_max_ps(amax) / 127.f;
+      const __m512 inv = _mm512_set1_ps(dm > 0.f ? 1.f / dm : 0.f);
+      __m512i qsum = _mm512_setzero_si512();
+      for (int64_t k = 0; k < block; k += 16) {
+        const __m512i v = _mm512_cvt_roundps_epi32(_mm512_mul_ps(bf16x16(xr + k), inv),
+                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        qsum = _mm512_add_epi32(qsum, v);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtepi32_epi8(v));
+      }
+      int8_t* dst = out.xb.data() + b * block * M;
+      for (int64_t p = 0; p < block; ++p) dst[(p / 4) * M * 4 + m * 4 + (p % 4)] = q[order[p]];
+      out.d[b * 16 + m] = dm;
+      out.bsum[b * 16 + m] = dm * static_cast<float>(_mm512_reduce_add_epi32(qsum));
+    }
+  }
+  return out;
+}
+
+// Signed int8 activations in their natural order [M, K] (int4's A operand), one scale per `block`
+// values: d and bsum [K / block][16] as in PackedX.
+struct QuantA {
+  std::vector<int8_t> q;
+  std::vector<float> d, bsum;
+};
+
+QuantA quantize_a(const at::BFloat16* x, int64_t M, int64_t K, int64_t block) {
+  QuantA out;
+  const int64_t NB = K / block;
+  out.q.resize(M * K);
+  out.d.assign(NB * 16, 0.f);
+  out.bsum.assign(NB * 16, 0.f);
+  const auto* xs = reinterpret_cast<const uint16_t*>(x);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t b = 0; b < NB; ++b) {
+      const uint16_t* xr = xs + m * K + b * block;
+      __m512 amax = _mm512_setzero_ps();
+      for (int64_t k = 0; k < block; k += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(bf16x16(xr + k)));
+      const float dm = _mm512_reduce_max_ps(amax) / 127.f;
+      const __m512 inv = _mm512_set1_ps(dm > 0.f ? 1.f / dm : 0.f);
+      __m512i qsum = _mm512_setzero_si512();
+      for (int64_t k = 0; k < block; k += 16) {
+        const __m512i v = _mm512_cvt_roundps_epi32(_mm512_mul_ps(bf16x16(xr + k), inv),
+                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        qsum = _mm512_add_epi32(qsum, v);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out.q.data() + m * K + b * block + k), _mm512_cvtepi32_epi8(v));
+      }
+      out.d[b * 16 + m] = dm;
+      out.bsum[b * 16 + m] = dm * static_cast<float>(_mm512_reduce_add_epi32(qsum));
+    }
+  return out;
+}
+
+// Write the 16 x M block acc (row i: output n0 + i, lane m) into y [M, N] times the row scales.
+inline void store_rows(const __m512* acc, int64_t M, int64_t N, int64_t n0, const float* row_scale, float* y) {
+  alignas(64) float t[16][16];
+  for (int i = 0; i < 16; ++i) _mm512_store_ps(t[i], acc[i]);
+  for (int64_t m = 0; m < M; ++m)
+    for (int i = 0; i < 16; ++i) y[m * N + n0 + i] = t[i][m] * (row_scale ? row_scale[n0 + i] : 1.f);
+}
+
+void check_x(const at::Tensor& x, int64_t K, const char* what) {
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == K, what, ": x must be [M, ", K, "]");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.is_contiguous() && x.device().is_cpu(),
+              what, ": x must be contiguous bf16 on the CPU");
+}
+
+}  // namespace
+
+bool amx_available() { return request_amx(); }
+
+// y [M, N] = x [M, K] @ (w [N, K] int8 * scale [N])^T, activations int8 per 64 values.
+at::Tensor amx_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale) {
+  TORCH_CHECK(request_amx(), "amx_int8: the kernel could not get AMX tile state from the OS");
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kChar && w.is_contiguous(), "amx_int8: bad weight");
+  const int64_t N = w.size(0), K = w.size(1), M = x.size(0);
+  TORCH_CHECK(K % kBlock == 0 && N % 16 == 0, "amx_int8: in_features must be a multiple of 64, out_features of 16");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.numel() == N, "amx_int8: scale must be fp32 [N]");
+  check_x(x, K, "amx_int8");
+  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+  static const std::vector<int> identity = [] { std::vector<int> v(kBlock); for (int i = 0; i < kBlock; ++i) v[i] = i; return v; }();
+  const int8_t* wp = w.data_ptr<int8_t>();
+  const float* sp = scale.data_ptr<float>();
+  for (int64_t m0 = 0; m0 < M; m0 += kMaxM) {
+    const int64_t rows = std::min(kMaxM, M - m0);
+    const PackedX px = pack_x(x.data_ptr<at::BFloat16>() + m0 * K, rows, K, kBlock, identity.data());
+    float* yp = y.data_ptr<float>() + m0 * N;
+    const int64_t NB = K / kBlock, bstride = kBlock * rows;
+    at::parallel_for(0, N / 16, 4, [&](int64_t g0, int64_t g1) {
+      configure(rows, kBlock);
+      alignas(64) int32_t c0[16][16], c1[16][16];
+      for (int64_t g = g0; g < g1; ++g) {
+        const int8_t* a = wp + g * 16 * K;
+        __m512 acc[16];
+        for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+        int64_t b = 0;
+        for (; b + 2 <= NB; b += 2) {  // two blocks in flight: tile products overlap the conversions
+          // 16 weight rows are 16 streams: fetching ahead (into the next row group at the end) beats
+          // waiting for the hardware prefetcher. Measured at 19456 x 2560, 1 row: 2.5 ms without, 2.0 with.
+          for (int64_t pb = b + kAhead; pb < b + kAhead + 2; ++pb) {
+            const int8_t* p = pb < NB ? a + pb * kBlock : (g + 1 < g1 ? a + 16 * K + (pb - NB) * kBlock : nullptr);
+            if (p) for (int i = 0; i < 16; ++i) _mm_prefetch(reinterpret_cast<const char*>(p + i * K), _MM_HINT_T0);
+          }
+          _tile_zero(0);
+          _tile_zero(3);
+          _tile_loadd(1, a + b * kBlock, K);
+          _tile_loadd(2, px.xb.data() + b * bstride, rows * 4);
+          _tile_loadd(4, a + (b + 1) * kBlock, K);
+          _tile_loadd(5, px.xb.data() + (b + 1) * bstride, rows * 4);
+          _tile_dpbssd(0, 1, 2);
+          _tile_dpbssd(3, 4, 5);
+          _tile_stored(0, c0, 64);
+          _tile_stored(3, c1, 64);
+          const __m512 d0 = _mm512_loadu_ps(px.d.data() + b * 16), d1 = _mm512_loadu_ps(px.d.data() + (b + 1) * 16);
+          for (int i = 0; i < 16; ++i) {
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c0[i])), d0, acc[i]);
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c1[i])), d1, acc[i]);
+          }
+        }
+        if (b < NB) {
+          _tile_zero(0);
+          _tile_loadd(1, a + b * kBlock, K);
+          _tile_loadd(2, px.xb.data() + b * bstride, rows * 4);
+          _tile_dpbssd(0, 1, 2);
+          _tile_stored(0, c0, 64);
+          const __m512 d0 = _mm512_loadu_ps(px.d.data() + b * 16);
+          for (int i = 0; i < 16; ++i) acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c0[i])), d0, acc[i]);
+        }
+        store_rows(acc, rows, N, g * 16, sp, yp);
+      }
+      _tile_release();
+    });
+  }
+  return y.to(at::kBFloat16);
+}
+
+// ---------------------------------------------------------------------------------------------
+// int4 (group-wise scale s and zero z, w = (q - 8) s + z, q in 0..15), group size g in {32, 64, 128, 256}.
+//
+// Unlike int8, the weights are the B operand here, so each C row is one activation row with 16 outputs
+// per vector and the per-block float work is per activation row (int8's is per output row, 16 per
+// group, affordable there because nothing else is done per weight). B wants 4-byte k groups per output
+// column, so prepare() repacks the nibbles once at load (amx_pack_int4): per 16 output rows and KT-wide
+// block of K, the B tile's rows r (KT / 4 of them, 64 bytes each, byte 4n + j = q[n][KT b + 4r + j])
+// are stored in pairs, byte c = row 2t [c] | row 2t+1 [c] << 4, so one 64-byte load unpacks into two
+// tile rows with an AND and a shift. KT = 32 for g = 32, else 64; activations are int8 per KT values.
+//   sum_k w x^ = sum_blocks [ s_g d_b * sum_k q x_q + (z_g - 8 s_g) d_b * sum_k x_q ]
+// Scales and zeros are stored [N / 16, G, 16] bf16 so each block reads one vector of each.
+namespace {
+
+int64_t kInt4VnniRows = 2;  // up to this many rows the VNNI form is faster (see amx_int4)
+
+inline int64_t int4_tile_k(int64_t group_size) { return group_size == 32 ? 32 : 64; }
+
+// Packed weight byte index for (n, k): group of 16 rows, block, row pair, byte.
+inline int64_t amx4_index(int64_t n, int64_t k, int64_t K, int64_t KT, int* shift) {
+  const int64_t g = n / 16, nn = n % 16, b = k / KT, kk = k % KT, r = kk / 4, j = kk % 4;
+  *shift = (r & 1) * 4;
+  return g * 16 * (K / 2) + b * (KT * 8) + (r / 2) * 64 + nn * 4 + j;
+}
+
+template <int M, int KT>
+void int4_amx_groups(const int8_t* xq, const float* d, const float* bsum, int64_t K, const uint8_t* W,
+                     const uint16_t* s, const uint16_t* z, int64_t G, int64_t group_size, int64_t g0, int64_t g1,
+                     float* y, int64_t N) {
+  constexpr int kRows = KT / 4;  // B tile rows
+  const int64_t NB = K / KT, per_group = group_size / KT;
+  alignas(64) uint8_t bbuf[2][kRows][64];
+  alignas(64) int32_t cbuf[2][16][16];
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512 eight = _mm512_set1_ps(8.f);
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* wg = W + g * 16 * (K / 2);
+    const uint16_t* sg = s + g * G * 16;
+    const uint16_t* zg = z + g * G * 16;
+    __m512 acc[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < NB; b += 2) {
+      const int nb = b + 1 < NB ? 2 : 1;
+      for (int u = 0; u < nb; ++u) {
+        const uint8_t* src = wg + (b + u) * (KT * 8);
+        _mm_prefetch(reinterpret_cast<const char*>(src + 16 * KT * 8), _MM_HINT_T0);
+        for (int t = 0; t < kRows / 2; ++t) {
+          const __m512i v = _mm512_loadu_si512(src + t * 64);
+          _mm512_store_si512(bbuf[u][2 * t], _mm512_and_si512(v, low4));
+          _mm512_store_si512(bbuf[u][2 * t + 1], _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
+        }
+      }
+      _tile_zero(0);
+      _tile_loadd(1, xq + b * KT, K);
+      _tile_loadd(2, bbuf[0], 64);
+      _tile_dpbsud(0, 1, 2);
+      if (nb == 2) {
+        _tile_zero(3);
+        _tile_loadd(4, xq + (b + 1) * KT, K);
+        _tile_loadd(5, bbuf[1], 64);
+        _tile_dpbsud(3, 4, 5);
+      }
+      _tile_stored(0, cbuf[0], 64);
+      if (nb == 2) _tile_stored(3, cbuf[1], 64);
+      for (int u = 0; u < nb; ++u) {
+        const int64_t blk = b + u, grp = blk / per_group;
+        const __m512 sv = bf16x16(sg + grp * 16);
+        const __m512 mz = _mm512_fnmadd_ps(eight, sv, bf16x16(zg + grp * 16));
+        _Pragma("GCC unroll 16") for (int m = 0; m < M; ++m) {
+          const __m512 prod = _mm512_cvtepi32_ps(_mm512_load_si512(cbuf[u][m]));
+          acc[m] = _mm512_fmadd_ps(prod, _mm512_mul_ps(sv, _mm512_set1_ps(d[blk * 16 + m])), acc[m]);
+          acc[m] = _mm512_fmadd_ps(mz, _mm512_set1_ps(bsum[blk * 16 + m]), acc[m]);
+        }
+      }
+    }
+    for (int m = 0; m < M; ++m) _mm512_storeu_ps(y + m * N + g * 16, acc[m]);
+  }
+}
+
+// The same products for few rows with AVX-512 VNNI on the same layout: one tile row (4 k x 16 outputs)
+// per `vpdpbusd` against 4 broadcast activation bytes. The integer block sums are exact and the float
+// steps are int4_amx_groups' own, so a row gets the same bits from either kernel.
+template <int M, int KT>
+void int4_vnni_groups(const int8_t* xq, const float* d, const float* bsum, int64_t K, const uint8_t* W,
+                      const uint16_t* s, const uint16_t* z, int64_t G, int64_t group_size, int64_t g0, int64_t g1,
+                      float* y, int64_t N) {
+  const int64_t NB = K / KT, per_group = group_size / KT;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512 eight = _mm512_set1_ps(8.f);
+  for (int64_t g = g0; g < g1; ++g) {
+    const uint8_t* wg = W + g * 16 * (K / 2);
+    const uint16_t* sg = s + g * G * 16;
+    const uint16_t* zg = z + g * G * 16;
+    __m512 acc[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
+    for (int64_t blk = 0; blk < NB; ++blk) {
+      const uint8_t* src = wg + blk * (KT * 8);
+      _mm_prefetch(reinterpret_cast<const char*>(src + 8 * KT * 8), _MM_HINT_T0);
+      __m512i dot[M];
+      for (int m = 0; m < M; ++m) dot[m] = _mm512_setzero_si512();
+      _Pragma("GCC unroll 8") for (int t = 0; t < KT / 8; ++t) {
+        const __m512i v = _mm512_loadu_si512(src + t * 64);
+        const __m512i lo = _mm512_and_si512(v, low4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+        _Pragma("GCC unroll 16") for (int m = 0; m < M; ++m) {
+          const int8_t* xm = xq + m * K + blk * KT + 8 * t;
+          int32_t x0, x1;
+          std::memcpy(&x0, xm, 4);
+          std::memcpy(&x1, xm + 4, 4);
+          dot[m] = _mm512_dpbusd_epi32(dot[m], lo, _mm512_set1_epi32(x0));
+          dot[m] = _mm512_dpbusd_epi32(dot[m], hi, _mm512_set1_epi32(x1));
+        }
+      }
+      const int64_t grp = blk / per_group;
+      const __m512 sv = bf16x16(sg + grp * 16);
+      const __m512 mz = _mm512_fnmadd_ps(eight, sv, bf16x16(zg + grp * 16));
+      _Pragma("GCC unroll 16") for (int m = 0; m < M; ++m) {
+        const __m512 prod = _mm512_cvtepi32_ps(dot[m]);
+        acc[m] = _mm512_fmadd_ps(prod, _mm512_mul_ps(sv, _mm512_set1_ps(d[blk * 16 + m])), acc[m]);
+        acc[m] = _mm512_fmadd_ps(mz, _mm512_set1_ps(bsum[blk * 16 + m]), acc[m]);
+      }
+    }
+    for (int m = 0; m < M; ++m) _mm512_storeu_ps(y + m * N + g * 16, acc[m]);
+  }
+}
+
+template <int KT>
+void int4_amx_dispatch(int64_t M, const int8_t* xq, const float* d, const float* bsum, int64_t K, const uint8_t* W,
+                       const uint16_t* s, const uint16_t* z, int64_t G, int64_t gs, int64_t g0, int64_t g1, float* y,
+                       int64_t N) {
+  if (M <= kInt4VnniRows) {
+    switch (M) {
+      case 1: int4_vnni_groups<1, KT>(xq, d, bsum, K, W, s, z, G, gs, g0, g1, y, N); return;
+      case 2: int4_vnni_groups<2, KT>(xq, d, bsum, K, W, s, z, G, gs, g0, g1, y, N); return;
+      case 3: int4_vnni_groups<3, KT>(xq, d, bsum, K, W, s, z, G, gs, g0, g1, y, N); return;
+      default: int4_vnni_groups<4, KT>(xq, d, bsum, K, W, s, z, G, gs, g0, g1, y, N); return;
+    }
+  }
+  switch (M) {
+#define CASE(m) case m: int4_amx_groups<m, KT>(xq, d, bsum, K, W, s, z, G, gs, g0, g1, y, N); break;
+    CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+    CASE(9) CASE(10) CASE(11) CASE(12) CASE(13) CASE(14) CASE(15) default: CASE(16)
+#undef CASE
+  }
+}
+
+}  // namespace
+
+// Portable nibbles [N, K / 2] (byte j = q[2j] | q[2j+1] << 4) -> the tile layout above (same shape).
+at::Tensor amx_pack_int4(const at::Tensor& w, int64_t group_size) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous(), "amx_pack_int4: bad weight");
+  const int64_t N = w.size(0), K = w.size(1) * 2, KT = int4_tile_k(group_size);
+  TORCH_CHECK(N % 16 == 0 && K % KT == 0, "amx_pack_int4: out_features must be a multiple of 16");
+  at::Tensor out = at::zeros_like(w);
+  const uint8_t* src = w.data_ptr<uint8_t>();
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t k = 0; k < K; ++k) {
+        int shift;
+        const uint8_t q = (src[n * (K / 2) + k / 2] >> ((k & 1) * 4)) & 0xF;
+        dst[amx4_index(n, k, K, KT, &shift)] |= static_cast<uint8_t>(q << shift);
+      }
+  });
+  return out;
+}
+
+// The inverse of amx_pack_int4 (for dequantizing prefill weights and for saving).
+at::Tensor amx_unpack_int4(const at::Tensor& w, int64_t group_size, const c10::optional<at::Tensor>& out_buf) {
+  const int64_t N = w.size(0), K = w.size(1) * 2, KT = int4_tile_k(group_size);
+  at::Tensor out = out_buf.has_value() ? out_buf->view({N, K / 2}) : at::empty_like(w);
+  const uint8_t* src = w.data_ptr<uint8_t>();
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t j = 0; j < K / 2; ++j) {
+        int s0, s1;
+        const uint8_t lo = (src[amx4_index(n, 2 * j, K, KT, &s0)] >> s0) & 0xF;
+        const uint8_t hi = (src[amx4_index(n, 2 * j + 1, K, KT, &s1)] >> s1) & 0xF;
+        dst[n * (K / 2) + j] = static_cast<uint8_t>(lo | (hi << 4));
+      }
+  });
+  return out;
+}
+
+// Scales or zeros [G, N] (any float view) -> bf16 [N / 16, G, 16].
+at::Tensor amx_group_vectors(const at::Tensor& v) {
+  const int64_t G = v.size(0), N = v.size(1);
+  TORCH_CHECK(N % 16 == 0, "amx_group_vectors: out_features must be a multiple of 16");
+  return v.to(at::kBFloat16).reshape({G, N / 16, 16}).permute({1, 0, 2}).contiguous();
+}
+
+at::Tensor amx_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales, const at::Tensor& zeros,
+                    int64_t group_size) {
+  TORCH_CHECK(request_amx(), "amx_int4: the kernel could not get AMX tile state from the OS");
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kByte && w.is_contiguous(), "amx_int4: bad weight");
+  const int64_t N = w.size(0), K = w.size(1) * 2, M = x.size(0), G = K / group_size, KT = int4_tile_k(group_size);
+  TORCH_CHECK(N % 16 == 0 && K % group_size == 0 && group_size % 32 == 0, "amx_int4: bad shapes");
+  TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && zeros.scalar_type() == at::kBFloat16 && scales.numel() == N * G &&
+              zeros.numel() == N * G, "amx_int4: scales and zeros must be bf16 [N / 16, G, 16]");
+  check_x(x, K, "amx_int4");
+  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+  const auto* wp = w.data_ptr<uint8_t>();
+  const auto* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::BFloat16>());
+  const auto* zp = reinterpret_cast<const uint16_t*>(zeros.data_ptr<at::BFloat16>());
+  for (int64_t m0 = 0; m0 < M; m0 += kMaxM) {
+    const int64_t rows = std::min(kMaxM, M - m0);
+    const QuantA xa = quantize_a(x.data_ptr<at::BFloat16>() + m0 * K, rows, K, KT);
+    float* yp = y.data_ptr<float>() + m0 * N;
+    at::parallel_for(0, N / 16, 4, [&](int64_t g0, int64_t g1) {
+      const bool tiles = rows > kInt4VnniRows;
+      TileConfig cfg;
+      for (int t : {0, 3}) { cfg.rows[t] = static_cast<uint8_t>(rows); cfg.colsb[t] = 64; }
+      for (int t : {1, 4}) { cfg.rows[t] = static_cast<uint8_t>(rows); cfg.colsb[t] = static_cast<uint16_t>(KT); }
+      for (int t : {2, 5}) { cfg.rows[t] = static_cast<uint8_t>(KT / 4); cfg.colsb[t] = 64; }
+      if (tiles) _tile_loadconfig(&cfg);
+      if (KT == 32)
+        int4_amx_dispatch<32>(rows, xa.q.data(), xa.d.data(), xa.bsum.data(), K, wp, sp, zp, G, group_size, g0, g1, yp, N);
+      else
+        int4_amx_dispatch<64>(rows, xa.q.data(), xa.d.data(), xa.bsum.data(), K, wp, sp, zp, G, group_size, g0, g1, yp, N);
+      if (tiles) _tile_release();
+    });
+  }
+  return y.to(at::kBFloat16);
+}
+
+void set_int4_vnni_rows(int64_t rows) { kInt4VnniRows = rows; }
