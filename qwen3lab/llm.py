@@ -100,6 +100,9 @@ class LLM:
             from .kernels import install
 
             install(self.model)
+            from .weights.memory import release_free_memory
+
+            release_free_memory()  # glibc keeps the freed transient copies of quantizing, packing and fusing
         if lora_adapters:  # after fusion and kernels: the adapters wrap whatever the base projections became
             from .lora import apply_adapters
 

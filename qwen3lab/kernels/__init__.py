@@ -114,7 +114,7 @@ def dequant_buffer(numel: int) -> torch.Tensor | None:
 def amx() -> bool:
     """Whether the AMX int8 / int4 kernels (cpu_amx.cpp) run here: a CPU with AMX tiles, an OS that grants
     their state to this process, and ``QWEN3LAB_AMX`` not 0."""
-    return (os.environ.get("QWEN3LAB_AMX", "1") != "0" and {"amx_tile", "amx_int8"} <= _cpu_flags()
+    return (os.environ.get("QWEN3LAB_AMX", "1") != "0" and {"amx_tile", "amx_int8", "amx_bf16"} <= _cpu_flags()
             and ops() is not None and bool(ops().amx_available()))
 
 
@@ -127,6 +127,8 @@ def usable(x: torch.Tensor, in_features: int, multiple: int = 1, max_rows: int |
 
 @functools.cache
 def bf16_max_rows() -> int:
+    if amx():
+        return MAX_ROWS  # the AMX bf16 kernel (cpu_amx.cpp)
     return AMX_BF16_ROWS if {"amx_bf16", "amx_tile"} <= _cpu_flags() else MAX_ROWS
 
 
@@ -143,7 +145,11 @@ class CpuLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight.dtype == torch.bfloat16 and usable(x, self.in_features, max_rows=bf16_max_rows()):
-            out = ops().gemv_bf16(x.reshape(-1, self.in_features).contiguous(), self.weight)
+            # With AMX, tiles at every decode-sized row count: as fast as oneDNN there, and a row's result
+            # does not depend on the batch (speculative verification reproduces decoding exactly).
+            gemv = ops().amx_bf16 if amx() and self.out_features % 16 == 0 and self.in_features % 32 == 0 \
+                else ops().gemv_bf16
+            out = gemv(x.reshape(-1, self.in_features).contiguous(), self.weight)
             out = out.reshape(*x.shape[:-1], self.out_features)
             return out if self.bias is None else out + self.bias
         return F.linear(x, self.weight, self.bias)
@@ -176,14 +182,17 @@ def norm_rope(x: torch.Tensor, norm: RMSNorm | None, cos: torch.Tensor, sin: tor
 
 
 def decode_attention(q: torch.Tensor, cache, layer: int, group, window: int, scale: float) -> torch.Tensor | None:
-    """Attention of one new token per row (q [G, 1, heads, d]) read in place from the paged cache, or
-    None where the kernel does not apply (then the caller uses SDPA)."""
+    """Attention of a few new tokens per row (q [G, T, heads, d]) read in place from the paged cache, each
+    token as its own decode row (so verification matches decoding bit for bit), or None where the kernel
+    does not apply (then the caller uses SDPA)."""
     k = cache.k[layer]
     if not (q.dtype == k.dtype == torch.bfloat16 and usable(q, q.shape[-1], max_rows=None)):
         return None
-    out = ops().paged_decode_attention(q.reshape(q.shape[0], q.shape[2], q.shape[3]), k, cache.v[layer],
-                                       group.gather, group.context_lens, scale, window)
-    return out.unsqueeze(1)
+    G, T = q.shape[:2]
+    gather, ctx = (group.gather, group.context_lens) if T == 1 else group.per_token()
+    out = ops().paged_decode_attention(q.reshape(G * T, q.shape[2], q.shape[3]), k, cache.v[layer], gather, ctx,
+                                       scale, window)
+    return out.view(G, T, q.shape[2], q.shape[3])
 
 
 def install(model: nn.Module) -> int:

@@ -9,6 +9,7 @@ at::Tensor dequant_int8(const at::Tensor& w, const at::Tensor& scale, const c10:
 at::Tensor dequant_int4(const at::Tensor& w, const at::Tensor& scales, const at::Tensor& zeros, int64_t group_size,
                         const c10::optional<at::Tensor>& out);
 bool amx_available();
+at::Tensor amx_bf16(const at::Tensor& x, const at::Tensor& w);
 at::Tensor amx_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale);
 at::Tensor amx_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scales, const at::Tensor& zeros,
                     int64_t group_size);
@@ -31,6 +32,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dequant_int4", &dequant_int4, "bf16 weight from int4 nibbles and bf16 scales/zeros [N, K / group]",
         py::arg("w"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"), py::arg("out") = py::none());
   m.def("amx_available", &amx_available, "whether the OS granted this process AMX tile state");
+  m.def("amx_bf16", &amx_bf16, "y = x @ w.T on AMX tiles (bf16), up to 16 rows per pass, rows batch-invariant");
   m.def("amx_int8", &amx_int8, "y = x @ (w * scale).T on AMX tiles, up to 16 rows per pass (int8 activations per 64)");
   m.def("amx_int4", &amx_int4, "y = x @ dequant(w).T on AMX tiles (w from amx_pack_int4, scales/zeros from amx_group_vectors)");
   m.def("amx_pack_int4", &amx_pack_int4, "portable int4 nibbles [N, K / 2] -> the AMX kernel's layout");

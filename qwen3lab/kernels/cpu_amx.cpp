@@ -444,3 +444,84 @@ at::Tensor amx_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
 }
 
 void set_int4_vnni_rows(int64_t rows) { kInt4VnniRows = rows; }
+
+// ---------------------------------------------------------------------------------------------
+// bf16: the weight [N, K] is A as stored (16 rows x 32 values per tile), the activations B in pairs
+// (B[r][2m + j] = x[m][32b + 2r + j]); `tdpbf16ps` accumulates in the fp32 C tile over all of K, so
+// there is nothing to do per block but load and multiply. Two 16-row groups share each B tile.
+namespace {
+
+std::vector<uint16_t> pack_x_bf16(const at::BFloat16* x, int64_t M, int64_t K) {
+  std::vector<uint16_t> out(M * K);
+  const auto* xs = reinterpret_cast<const uint16_t*>(x);
+  for (int64_t b = 0; b < K / 32; ++b)
+    for (int64_t r = 0; r < 16; ++r)
+      for (int64_t m = 0; m < M; ++m)
+        for (int j = 0; j < 2; ++j) out[b * 32 * M + r * 2 * M + 2 * m + j] = xs[m * K + 32 * b + 2 * r + j];
+  return out;
+}
+
+inline void store_tile_rows(const float (*c)[16], int64_t M, int64_t N, int64_t n0, float* y) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int i = 0; i < 16; ++i) y[m * N + n0 + i] = c[i][m];
+}
+
+}  // namespace
+
+at::Tensor amx_bf16(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK(request_amx(), "amx_bf16: the kernel could not get AMX tile state from the OS");
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kBFloat16 && w.is_contiguous(), "amx_bf16: bad weight");
+  const int64_t N = w.size(0), K = w.size(1), M = x.size(0);
+  TORCH_CHECK(K % 32 == 0 && N % 16 == 0, "amx_bf16: in_features must be a multiple of 32, out_features of 16");
+  check_x(x, K, "amx_bf16");
+  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  const int64_t NB = K / 32, G = N / 16;
+  for (int64_t m0 = 0; m0 < M; m0 += kMaxM) {
+    const int64_t rows = std::min(kMaxM, M - m0);
+    const std::vector<uint16_t> xb = pack_x_bf16(x.data_ptr<at::BFloat16>() + m0 * K, rows, K);
+    float* yp = y.data_ptr<float>() + m0 * N;
+    // Pairs of row groups per task, so that the two C tiles share the activation tile.
+    at::parallel_for(0, (G + 1) / 2, 2, [&](int64_t p0, int64_t p1) {
+      TileConfig cfg;
+      for (int t : {0, 1}) { cfg.rows[t] = 16; cfg.colsb[t] = static_cast<uint16_t>(rows * 4); }
+      for (int t : {2, 3}) { cfg.rows[t] = 16; cfg.colsb[t] = 64; }
+      cfg.rows[4] = 16;
+      cfg.colsb[4] = static_cast<uint16_t>(rows * 4);
+      _tile_loadconfig(&cfg);
+      alignas(64) float c[2][16][16];
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t g = 2 * p;
+        const bool two = g + 1 < G;
+        const uint16_t* a0 = wp + g * 16 * K;
+        const uint16_t* a1 = a0 + 16 * K;
+        _tile_zero(0);
+        _tile_zero(1);
+        for (int64_t b = 0; b < NB; ++b) {
+          // 16 (or 32) weight rows are as many streams: fetch ahead of the hardware prefetcher.
+          const int64_t pb = b + kAhead;
+          if (pb < NB) {
+            for (int i = 0; i < 16; ++i) _mm_prefetch(reinterpret_cast<const char*>(a0 + i * K + pb * 32), _MM_HINT_T0);
+            if (two)
+              for (int i = 0; i < 16; ++i) _mm_prefetch(reinterpret_cast<const char*>(a1 + i * K + pb * 32), _MM_HINT_T0);
+          }
+          _tile_loadd(4, xb.data() + b * 32 * rows, rows * 4);
+          _tile_loadd(2, a0 + b * 32, K * 2);
+          _tile_dpbf16ps(0, 2, 4);
+          if (two) {
+            _tile_loadd(3, a1 + b * 32, K * 2);
+            _tile_dpbf16ps(1, 3, 4);
+          }
+        }
+        _tile_stored(0, c[0], 64);
+        store_tile_rows(c[0], rows, N, g * 16, yp);
+        if (two) {
+          _tile_stored(1, c[1], 64);
+          store_tile_rows(c[1], rows, N, (g + 1) * 16, yp);
+        }
+      }
+      _tile_release();
+    });
+  }
+  return y.to(at::kBFloat16);
+}

@@ -17,6 +17,11 @@ from .norm import RMSNorm
 from .rope import apply_rotary
 
 
+# Rows of up to this many new tokens (decodes, speculative verification) go to the per-token decode
+# attention where it exists: the same arithmetic for a token whether it is decoded or verified.
+PER_TOKEN_ROWS = 16
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
@@ -71,7 +76,7 @@ class Attention(nn.Module):
             else:
                 qg = q[g.token_index]
             o = None
-            if self.decode_attention is not None and kv_cache is not None and T == 1:
+            if self.decode_attention is not None and kv_cache is not None and T <= PER_TOKEN_ROWS:
                 o = self.decode_attention(qg, kv_cache, self.layer_idx, g, self.sliding_window, self.scaling)
             if o is None:
                 o = self._sdpa(qg, k, v, g, kv_cache)  # [G, T, heads, d]

@@ -27,6 +27,16 @@ class RowGroup:
     context_lens: torch.Tensor | None = None  # [G] keys each row attends to (its context length)
     token_index: torch.Tensor | None = None  # [G, T] positions of the group's tokens in the flat batch
     covers_all: bool = False  # the group is the whole batch in order: views instead of gathers
+    _per_token: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    def per_token(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gather [G*T, S], context lengths [G*T]): each new token as its own one-query row, so that a
+        row of T tokens (speculative verification) is attended exactly as T decode steps would be."""
+        if self._per_token is None:
+            T = self.new_len
+            ctx = self.context_lens.repeat_interleave(T) - (T - 1) + torch.arange(T).repeat(len(self.rows))
+            self._per_token = (self.gather.repeat_interleave(T, dim=0), ctx)
+        return self._per_token
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import resource
 import sys
 from contextlib import nullcontext
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from ..lora import apply_lora, load_adapter
+from ..weights.memory import release_free_memory  # noqa: F401 - re-exported for the trainers
 
 
 def prepare_trainable(model: nn.Module, lora_r: int, lora_alpha: float, lora_dropout: float,
@@ -45,14 +45,3 @@ def peak_memory_gb(device: str) -> float:
     return kb / 2**20 if sys.platform != "darwin" else kb / 2**30
 
 
-def release_free_memory() -> None:
-    """Hand the allocator's free pages back to the OS (glibc only; elsewhere nothing happens).
-
-    glibc keeps the memory of freed activations in its heaps: after training, the process would hold
-    several GB it no longer uses, and whatever runs next (scoring with ``LLM``) would stack on top.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (musl)
-            pass

@@ -45,3 +45,17 @@ def release_file_pages(tensors: list[torch.Tensor]) -> int:
             if libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4) == 0:  # 4 = MADV_DONTNEED
                 released += hi - lo
     return released
+
+
+def release_free_memory() -> None:
+    """Hand the allocator's free pages back to the OS (glibc only; elsewhere nothing happens).
+
+    glibc keeps the memory of freed activations in its heaps: after training, the process would hold
+    several GB it no longer uses, and whatever runs next (scoring with ``LLM``) would stack on top; after
+    loading, the transient copies of packing and fusing (measured: 0.36 GB for Qwen3-4B int4).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl)
+            pass
