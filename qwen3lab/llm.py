@@ -100,9 +100,12 @@ class LLM:
             from .kernels import install
 
             install(self.model)
+            from .weights.file_rows import FileRowsEmbedding
             from .weights.memory import release_free_memory
 
             release_free_memory()  # glibc keeps the freed transient copies of quantizing, packing and fusing
+            if getattr(self.model.lm_head, "weight", None) is not self.model.model.embed_tokens.weight:
+                FileRowsEmbedding.swap(self.model.model)  # a lookup table only: read rows, not the map
         if lora_adapters:  # after fusion and kernels: the adapters wrap whatever the base projections became
             from .lora import apply_adapters
 

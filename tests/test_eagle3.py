@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from checkpoints import qwen_tokenizer_dir, save_reference
-from qwen3lab import LLM, SamplingParams
+from qwen3lab import LLM, SamplingParams, kernels
 
 QWEN3_4B_DRAFT = dict(hidden_size=2560, intermediate_size=9728, num_attention_heads=32, num_key_value_heads=8,
                       head_dim=128, vocab_size=151936, draft_vocab_size=32000)
@@ -146,6 +146,17 @@ def test_greedy_output_is_identical_with_eagle3(tiny):
     assert fast.engine.drafter.hidden_layers == (0, 1)  # (1, 1, 0) for 4 layers, each captured once
     outs = fast.generate(PROMPTS, params)
     assert [o.token_ids for o in outs] == plain
+    assert fast.engine.spec_stats["drafted"] > 0
+
+
+@pytest.mark.skipif(not kernels.amx(), reason="bit-identical bf16 needs batch-invariant kernels (AMX tiles here)")
+def test_greedy_output_is_identical_with_eagle3_in_bf16(tiny):
+    target, draft = tiny
+    params = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True)
+    plain = [o.token_ids for o in LLM(target, dtype="bfloat16", max_num_seqs=2).generate(PROMPTS, params)]
+    fast = LLM(target, dtype="bfloat16", max_num_seqs=2, speculative={"method": "eagle3", "model": draft,
+                                                                      "num_tokens": 4})
+    assert [o.token_ids for o in fast.generate(PROMPTS, params)] == plain
     assert fast.engine.spec_stats["drafted"] > 0
 
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from checkpoints import save_reference
-from qwen3lab import LLM, SamplingParams
+from qwen3lab import LLM, SamplingParams, kernels
 
 TINY = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, max_position_embeddings=512)
@@ -54,6 +54,21 @@ def test_greedy_output_is_identical(target, draft, spec):
         assert stats["accepted"] == stats["drafted"]  # the target drafting for itself is always right
     if spec["method"] == "ngram":
         assert outs[1].outputs[0].spec_accepted > 0  # the repeated pattern is found and accepted
+
+
+@pytest.mark.skipif(not kernels.amx(), reason="bit-identical bf16 needs batch-invariant kernels (AMX tiles here)")
+@pytest.mark.parametrize("quantization", [None, "int8", "int4"])
+def test_greedy_output_is_identical_in_bf16(target, quantization):
+    """In bf16, verifying k+1 tokens computes each exactly as decoding it would (AMX products whose rows do
+    not depend on the batch, per-token decode attention), so speculation changes no token even where
+    greedy choices are near ties, with other sequences sharing the batch."""
+    kw = dict(dtype="bfloat16", quantization=quantization, max_num_seqs=2)
+    params = SamplingParams(max_tokens=48, temperature=0.0, ignore_eos=True)
+    plain = [o.token_ids for o in LLM(target, **kw).generate(PROMPTS, params)]
+    for spec in ({"method": "ngram", "num_tokens": 4}, {"method": "draft", "model": target, "num_tokens": 5}):
+        fast = LLM(target, speculative=spec, **kw)
+        assert [o.token_ids for o in fast.generate(PROMPTS, params)] == plain, spec
+        assert fast.engine.spec_stats["accepted"] > 0
 
 
 def test_stop_and_length_inside_accepted_drafts(target):

@@ -8,6 +8,7 @@ from contextlib import nullcontext
 
 import torch
 
+from .. import kernels
 from ..model import AttentionMetadata, CausalLM
 from .kv_cache import PagedKVCache
 from .scheduler import ScheduledBatch
@@ -48,6 +49,8 @@ class ModelRunner:
                 self.last_starts = meta.starts
             else:
                 hidden = self.model(ids, meta, self.cache)
+        if self.device.type == "cpu" and ids.numel() > kernels.MAX_ROWS:  # prefill-sized
+            kernels.release_transients()
         rows = [i for i in range(len(batch.seqs)) if batch.samples(i)]
         if not rows:
             return [], torch.empty(0), []

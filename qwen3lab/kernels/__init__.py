@@ -118,6 +118,18 @@ def amx() -> bool:
             and ops() is not None and bool(ops().amx_available()))
 
 
+def release_transients() -> None:
+    """After a prefill-sized step: drop this thread's dequantization buffer and hand glibc's freed
+    activation pages back, so that what a long prompt needed does not stay resident while decoding.
+    Measured on Qwen3-4B int8: 0.1 GB buffer + 0.08 GB heap after a 512-token prompt. Re-creating the
+    buffer on the next prompt costs one pass of page faults per step (~20 ms), not per matrix."""
+    from ..weights.memory import release_free_memory
+
+    if getattr(_scratch, "buf", None) is not None:
+        _scratch.buf = None
+    release_free_memory()
+
+
 def usable(x: torch.Tensor, in_features: int, multiple: int = 1, max_rows: int | None = MAX_ROWS) -> bool:
     """Whether the kernels take this input: bf16 on the CPU, few rows, no autograd, width fits."""
     return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and in_features % multiple == 0

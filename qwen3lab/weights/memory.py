@@ -16,16 +16,31 @@ import sys
 import torch
 
 
-def _file_backed_regions() -> list[tuple[int, int]]:
-    """(start, end) of this process's mappings of files, from /proc/self/maps (Linux)."""
-    regions = []
+def _file_mappings() -> list[tuple[int, int, int, str]]:
+    """(start, end, file offset, path) of this process's mappings of files, from /proc/self/maps (Linux)."""
+    out = []
     with open("/proc/self/maps") as f:
         for line in f:
             fields = line.split(maxsplit=5)
             if len(fields) == 6 and fields[4] != "0" and fields[5].startswith("/"):
                 start, end = fields[0].split("-")
-                regions.append((int(start, 16), int(end, 16)))
-    return regions
+                out.append((int(start, 16), int(end, 16), int(fields[2], 16), fields[5].rstrip("\n")))
+    return out
+
+
+def _file_backed_regions() -> list[tuple[int, int]]:
+    return [(s, e) for s, e, _, _ in _file_mappings()]
+
+
+def file_location(t: torch.Tensor) -> tuple[str, int] | None:
+    """(path, byte offset) of a CPU tensor that is a view of a memory-mapped file, else None."""
+    if not sys.platform.startswith("linux") or t.device.type != "cpu" or not t.is_contiguous():
+        return None
+    start, end = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+    for s, e, offset, path in _file_mappings():
+        if s <= start and end <= e:
+            return path, offset + start - s
+    return None
 
 
 def release_file_pages(tensors: list[torch.Tensor]) -> int:
