@@ -126,10 +126,10 @@ def test_amx_int8_matches_dequantized_and_is_batch_invariant(M):
 
 
 @needs_amx
-@pytest.mark.parametrize("g", [32, 64, 128, 256])
-def test_amx_int4_matches_dequantized_and_is_batch_invariant(g):
+@pytest.mark.parametrize("g,K", [(32, 1280), (64, 1280), (128, 1280), (256, 1280), (32, 576), (64, 576)])
+def test_amx_int4_matches_dequantized_and_is_batch_invariant(g, K):  # 576: SmolLM2's width, not % 128
     torch.manual_seed(g)
-    N, K = 48, 1024 + 256
+    N = 48
     w = torch.randn(N, K) * 0.05
     q, sz = quantize_int4(w, g, torch.bfloat16)
     packed = pack_nibbles(q)
@@ -137,6 +137,9 @@ def test_amx_int4_matches_dequantized_and_is_batch_invariant(g):
     assert not torch.equal(tiles, packed) and torch.equal(ops.amx_unpack_int4(tiles, g), packed)
     s, z = ops.amx_group_vectors(sz[..., 0]), ops.amx_group_vectors(sz[..., 1])
     ref_w = dequantize_int4(packed, sz, g)
+    # Prefill's dequantization from the tile layout: the same bf16 weight as from the portable one.
+    assert torch.equal(ops.amx_dequant_int4(tiles, s, z, g),
+                       ops.dequant_int4(packed, sz[..., 0].t().contiguous(), sz[..., 1].t().contiguous(), g))
     x = torch.randn(20, K).bfloat16()
     full = ops.amx_int4(x, tiles, s, z, g)
     assert rel_err(full, x.float() @ ref_w.t()) < 1.5e-2
@@ -145,12 +148,19 @@ def test_amx_int4_matches_dequantized_and_is_batch_invariant(g):
 
 
 @needs_amx
-def test_amx_int4_layer_float32_and_autograd_inputs():
+def test_amx_int4_layer_float32_and_autograd_inputs(monkeypatch):
+    from qwen3lab.quant import int4
+
     torch.manual_seed(0)
     lin = nn.Linear(256, 64).bfloat16()
     layer = Int4Linear.from_linear(lin, 64)
     ref_w = dequantize_int4(layer.weight, layer.scales_and_zeros, 64)
     layer.prepare()
+    # Prefill-sized bf16 input, dequantized in slices of 16 output rows (4 slices here).
+    monkeypatch.setattr(int4, "AMX_DEQUANT_ELEMENTS", 256 * 16)
+    xb = torch.randn(int4.AMX_PREFILL_ROWS + 3, 256).bfloat16()
+    with torch.inference_mode():
+        assert rel_err(layer(xb), xb.float() @ ref_w.t() + lin.bias.float()) < 2e-2
     x = torch.randn(3, 256, requires_grad=True)
     out = layer(x)  # float32 input with autograd: the dequantized weight from the tile layout
     assert out.dtype == torch.float32

@@ -17,6 +17,8 @@ at::Tensor amx_pack_int4(const at::Tensor& w, int64_t group_size);
 at::Tensor amx_unpack_int4(const at::Tensor& w, int64_t group_size, const c10::optional<at::Tensor>& out);
 at::Tensor amx_group_vectors(const at::Tensor& v);
 void set_int4_vnni_rows(int64_t rows);
+at::Tensor amx_dequant_int4(const at::Tensor& w, const at::Tensor& scales, const at::Tensor& zeros, int64_t group_size,
+                            const c10::optional<at::Tensor>& out);
 at::Tensor rms_norm_bf16(const at::Tensor& x, const at::Tensor& w, double eps);
 at::Tensor norm_rope_bf16(const at::Tensor& x, const c10::optional<at::Tensor>& w, const at::Tensor& cos,
                           const at::Tensor& sin, double eps);
@@ -38,6 +40,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amx_pack_int4", &amx_pack_int4, "portable int4 nibbles [N, K / 2] -> the AMX kernel's layout");
   m.def("amx_unpack_int4", &amx_unpack_int4, "the AMX kernel's int4 layout -> portable nibbles",
         py::arg("w"), py::arg("group_size"), py::arg("out") = py::none());
+  m.def("amx_dequant_int4", &amx_dequant_int4, "bf16 weight from the AMX int4 layout (prefill)",
+        py::arg("w"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"), py::arg("out") = py::none());
   m.def("set_int4_vnni_rows", &set_int4_vnni_rows, "rows up to which amx_int4 uses its VNNI form (tuning)");
   m.def("amx_group_vectors", &amx_group_vectors, "scales or zeros [G, N] -> bf16 [N / 16, G, 16]");
   m.def("rms_norm_bf16", &rms_norm_bf16, "RMSNorm over the last dim, reference roundings (bf16)");

@@ -316,8 +316,10 @@ void int4_vnni_groups(const int8_t* xq, const float* d, const float* bsum, int64
     for (int64_t blk = 0; blk < NB; ++blk) {
       const uint8_t* src = wg + blk * (KT * 8);
       _mm_prefetch(reinterpret_cast<const char*>(src + 8 * KT * 8), _MM_HINT_T0);
-      __m512i dot[M];
-      for (int m = 0; m < M; ++m) dot[m] = _mm512_setzero_si512();
+      // Two int32 sums per row (low / high nibble rows): half the dependency chain, and integer sums
+      // are exact, so the total is the same.
+      __m512i dot[M], dot2[M];
+      for (int m = 0; m < M; ++m) dot[m] = dot2[m] = _mm512_setzero_si512();
       _Pragma("GCC unroll 8") for (int t = 0; t < KT / 8; ++t) {
         const __m512i v = _mm512_loadu_si512(src + t * 64);
         const __m512i lo = _mm512_and_si512(v, low4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
@@ -327,9 +329,10 @@ void int4_vnni_groups(const int8_t* xq, const float* d, const float* bsum, int64
           std::memcpy(&x0, xm, 4);
           std::memcpy(&x1, xm + 4, 4);
           dot[m] = _mm512_dpbusd_epi32(dot[m], lo, _mm512_set1_epi32(x0));
-          dot[m] = _mm512_dpbusd_epi32(dot[m], hi, _mm512_set1_epi32(x1));
+          dot2[m] = _mm512_dpbusd_epi32(dot2[m], hi, _mm512_set1_epi32(x1));
         }
       }
+      for (int m = 0; m < M; ++m) dot[m] = _mm512_add_epi32(dot[m], dot2[m]);
       const int64_t grp = blk / per_group;
       const __m512 sv = bf16x16(sg + grp * 16);
       const __m512 mz = _mm512_fnmadd_ps(eight, sv, bf16x16(zg + grp * 16));
@@ -524,4 +527,74 @@ at::Tensor amx_bf16(const at::Tensor& x, const at::Tensor& w) {
     });
   }
   return y.to(at::kBFloat16);
+}
+
+// bf16 weight [N, K] from the int4 tile layout (prefill-sized products dequantize once per call and use
+// the float GEMM, as for the portable layout). A 64-byte chunk holds k .. k+7 (k = KT b + 8t) of 16 rows:
+// low nibbles the first four of each row, high nibbles the next four; interleaving them per 32-bit word
+// gives each row's 8 values in order, two rows per 128-bit lane.
+at::Tensor amx_dequant_int4(const at::Tensor& w, const at::Tensor& scales, const at::Tensor& zeros, int64_t group_size,
+                            const c10::optional<at::Tensor>& out_buf) {
+  const int64_t N = w.size(0), K = w.size(1) * 2, G = K / group_size, KT = int4_tile_k(group_size);
+  TORCH_CHECK(N % 16 == 0 && K % group_size == 0 && scales.numel() == N * G && zeros.numel() == N * G,
+              "amx_dequant_int4: bad shapes");
+  at::Tensor out;
+  if (out_buf.has_value()) {
+    TORCH_CHECK(out_buf->scalar_type() == at::kBFloat16 && out_buf->is_contiguous() && out_buf->numel() == N * K,
+                "amx_dequant_int4: out must be contiguous bf16 with N * K elements");
+    out = out_buf->view({N, K});
+  } else {
+    out = at::empty({N, K}, scales.options().dtype(at::kBFloat16));
+  }
+  const auto* wp = w.data_ptr<uint8_t>();
+  const auto* sp = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::BFloat16>());
+  const auto* zp = reinterpret_cast<const uint16_t*>(zeros.data_ptr<at::BFloat16>());
+  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const int64_t per_group = group_size / KT;
+  // Lane pattern for the row pair (2p, 2p+1) of each 128-bit lane L: rows 4L + 2p, 4L + 2p + 1, 8 lanes each.
+  alignas(64) int32_t pat[2][4][16];
+  for (int p = 0; p < 2; ++p)
+    for (int L = 0; L < 4; ++L)
+      for (int i = 0; i < 16; ++i) pat[p][L][i] = 4 * L + 2 * p + i / 8;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512 eight = _mm512_set1_ps(8.f);
+  at::parallel_for(0, N / 16, 1, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      const uint8_t* wg = wp + g * 16 * (K / 2);
+      for (int64_t blk = 0; blk < K / KT; ++blk) {
+        const int64_t grp = blk / per_group;
+        const __m512 sv = bf16x16(sp + (g * G + grp) * 16);
+        const __m512 mz = _mm512_fnmadd_ps(eight, sv, bf16x16(zp + (g * G + grp) * 16));
+        __m512 S[2][4], Z[2][4];
+        for (int p = 0; p < 2; ++p)
+          for (int L = 0; L < 4; ++L) {
+            const __m512i idx = _mm512_load_si512(pat[p][L]);
+            S[p][L] = _mm512_permutexvar_ps(idx, sv);
+            Z[p][L] = _mm512_permutexvar_ps(idx, mz);
+          }
+        for (int64_t t = 0; t < KT / 8; ++t) {
+          const __m512i v = _mm512_loadu_si512(wg + blk * (KT * 8) + t * 64);
+          const __m512i lo = _mm512_and_si512(v, low4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+          const __m512i pair[2] = {_mm512_unpacklo_epi32(lo, hi), _mm512_unpackhi_epi32(lo, hi)};
+          const int64_t k = blk * KT + 8 * t;
+          for (int p = 0; p < 2; ++p)
+            for (int L = 0; L < 4; ++L) {
+              __m128i b16;
+              switch (L) {
+                case 0: b16 = _mm512_extracti32x4_epi32(pair[p], 0); break;
+                case 1: b16 = _mm512_extracti32x4_epi32(pair[p], 1); break;
+                case 2: b16 = _mm512_extracti32x4_epi32(pair[p], 2); break;
+                default: b16 = _mm512_extracti32x4_epi32(pair[p], 3); break;
+              }
+              const __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b16));
+              const __m256i bf = (__m256i)_mm512_cvtneps_pbh(_mm512_fmadd_ps(q, S[p][L], Z[p][L]));
+              const int64_t n = g * 16 + 4 * L + 2 * p;
+              _mm_storeu_si128(reinterpret_cast<__m128i*>(op + n * K + k), _mm256_castsi256_si128(bf));
+              _mm_storeu_si128(reinterpret_cast<__m128i*>(op + (n + 1) * K + k), _mm256_extracti128_si256(bf, 1));
+            }
+        }
+      }
+    }
+  });
+  return out;
 }

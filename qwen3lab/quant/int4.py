@@ -34,6 +34,8 @@ GROUP_SIZES = (32, 64, 128, 256)  # what the CPU kernel accepts
 # g64 +55%, g128 impossible (576 = 4.5 x 128). Small groups cost 1/16 byte per weight more at g32 than
 # g64, far less than the quality they keep.
 DEFAULT_GROUP_SIZE = 32
+AMX_PREFILL_ROWS = 128  # from this many rows on, the AMX form dequantizes for the float GEMM
+AMX_DEQUANT_ELEMENTS = 8 << 20  # per slice of output rows
 _PACK_ROWS = 4096  # pack in row chunks (a multiple of the kernel's 64-row block) to bound the int32 copy
 
 
@@ -121,8 +123,8 @@ class Int4Linear(nn.Module):
         (it is what a checkpoint stores: ``qwen3lab quantize`` keeps it, inference needs only the packed one)."""
         if self.weight.device.type != "cpu":
             return  # dequantize per call instead
-        if (kernels.amx() and self.out_features % 16 == 0 and self.in_features % 128 == 0
-                and self.scales_and_zeros.dtype == torch.bfloat16):
+        if (kernels.amx() and self.out_features % 16 == 0 and self.scales_and_zeros.dtype == torch.bfloat16
+                and self.in_features % self.group_size == 0):  # the tiles take K in steps of 32 (g32) or 64
             ops = kernels.ops()
             self.amx_weight = ops.amx_pack_int4(self.weight.data, self.group_size)
             self.amx_scales = ops.amx_group_vectors(self.scales_and_zeros[..., 0])
@@ -150,18 +152,26 @@ class Int4Linear(nn.Module):
 
     def _amx_dequantized(self) -> torch.Tensor:
         """The bf16 weight from the AMX form (inputs the kernel does not take: float32, autograd)."""
-        ops = kernels.ops()
-        n, g = self.out_features, self.in_features // self.group_size
-        portable = ops.amx_unpack_int4(self.amx_weight, self.group_size)
-        scales = self.amx_scales.permute(0, 2, 1).reshape(n, g).contiguous()
-        zeros = self.amx_zeros.permute(0, 2, 1).reshape(n, g).contiguous()
-        return ops.dequant_int4(portable, scales, zeros, self.group_size)
+        return kernels.ops().amx_dequant_int4(self.amx_weight, self.amx_scales, self.amx_zeros, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.amx_weight is not None and x.device.type == "cpu":
-            if kernels.usable(x, self.in_features, max_rows=None):
-                # Every row count, prefill included: 16 rows per pass cost about what dequantizing and the
-                # float GEMM do, and prefill then computes exactly what decoding would.
+            rows = x.numel() // self.in_features
+            if kernels.usable(x, self.in_features, max_rows=None) and rows >= AMX_PREFILL_ROWS:
+                # Prefill-sized: dequantize into a reused buffer and use the float GEMM (tiles of 16 rows
+                # re-read and unpack the weight per pass: measured 19456 x 2560 g32, 512 rows, 107 ms against
+                # 55 ms; at 128 rows 23 vs 26). In slices of output rows, so the buffer stays ~16 MB.
+                step = max(16, AMX_DEQUANT_ELEMENTS // self.in_features // 16 * 16)
+                buf = kernels.dequant_buffer(min(step, self.out_features) * self.in_features)
+                parts = []
+                for n0 in range(0, self.out_features, step):
+                    n1 = min(n0 + step, self.out_features)
+                    w = kernels.ops().amx_dequant_int4(self.amx_weight[n0:n1], self.amx_scales[n0 // 16: n1 // 16],
+                                                       self.amx_zeros[n0 // 16: n1 // 16], self.group_size,
+                                                       None if buf is None else buf[: (n1 - n0) * self.in_features])
+                    parts.append(F.linear(x, w))
+                out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+            elif kernels.usable(x, self.in_features, max_rows=None):
                 out = kernels.ops().amx_int4(x.reshape(-1, self.in_features).contiguous(), self.amx_weight,
                                              self.amx_scales, self.amx_zeros, self.group_size)
             else:
