@@ -81,22 +81,26 @@ def _weights(parts: list[nn.Module]) -> list[torch.Tensor]:
     return [t for p in parts for t in (p.weight.data, getattr(p, "scales_and_zeros", None)) if t is not None]
 
 
+def fuse_layer(layer: nn.Module) -> int:
+    """Fuse one decoder layer's q/k/v and gate/up projections in place; returns how many fusions."""
+    count = 0
+    attn, mlp = layer.self_attn, layer.mlp
+    qkv = _stack([attn.q_proj, attn.k_proj, attn.v_proj])
+    if qkv is not None:
+        attn.qkv_proj, attn.qkv_sizes = qkv, (attn.q_proj.out_features, attn.k_proj.out_features,
+                                             attn.v_proj.out_features)
+        release_file_pages(_weights([attn.q_proj, attn.k_proj, attn.v_proj]))
+        del attn.q_proj, attn.k_proj, attn.v_proj
+        count += 1
+    gate_up = _stack([mlp.gate_proj, mlp.up_proj])
+    if gate_up is not None:
+        mlp.gate_up_proj = gate_up
+        release_file_pages(_weights([mlp.gate_proj, mlp.up_proj]))
+        del mlp.gate_proj, mlp.up_proj
+        count += 1
+    return count
+
+
 def fuse_projections(model: nn.Module) -> int:
     """Fuse every decoder layer's q/k/v and gate/up projections in place; returns how many fusions."""
-    count = 0
-    for layer in model.model.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        qkv = _stack([attn.q_proj, attn.k_proj, attn.v_proj])
-        if qkv is not None:
-            attn.qkv_proj, attn.qkv_sizes = qkv, (attn.q_proj.out_features, attn.k_proj.out_features,
-                                                 attn.v_proj.out_features)
-            release_file_pages(_weights([attn.q_proj, attn.k_proj, attn.v_proj]))
-            del attn.q_proj, attn.k_proj, attn.v_proj
-            count += 1
-        gate_up = _stack([mlp.gate_proj, mlp.up_proj])
-        if gate_up is not None:
-            mlp.gate_up_proj = gate_up
-            release_file_pages(_weights([mlp.gate_proj, mlp.up_proj]))
-            del mlp.gate_proj, mlp.up_proj
-            count += 1
-    return count
+    return sum(fuse_layer(layer) for layer in model.model.layers)

@@ -30,6 +30,12 @@ class DraftModelDrafter:
     def __init__(self, model: CausalLM, num_tokens: int, dtype: torch.dtype, max_model_len: int,
                  max_num_seqs: int, kv_cache_memory_gb: float = 1.0, device="cpu", block_size: int = 16):
         self.model, self.num_tokens, self.device = model, num_tokens, torch.device(device)
+        if self.device.type == "cpu":  # the target's decode path: fused projections and the CPU kernels
+            from ..kernels import install
+            from ..model.fuse import fuse_projections
+
+            fuse_projections(model)
+            install(model)
         cfg = model.config
         per_block = bytes_per_block(cfg, block_size, dtype)
         wanted = -(-max_num_seqs * (max_model_len + num_tokens) // block_size)

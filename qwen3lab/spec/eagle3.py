@@ -49,6 +49,12 @@ class Eagle3Drafter:
     def __init__(self, model: Eagle3Model, target, num_tokens: int, max_model_len: int, max_num_seqs: int,
                  dtype: torch.dtype, device="cpu", kv_cache_memory_gb: float = 0.5, block_size: int = 16):
         self.model, self.num_tokens, self.device = model, num_tokens, torch.device(device)
+        if self.device.type == "cpu":  # as for the target: drafting is k tiny forwards, overhead is most of it
+            from ..kernels import install
+            from ..model.fuse import fuse_layer
+
+            fuse_layer(model.midlayer)
+            install(model)
         tcfg, base = target.config, model.config.base
         if base.hidden_size != tcfg.hidden_size:
             raise ValueError(f"EAGLE3 draft hidden_size {base.hidden_size} differs from the target's "
