@@ -108,7 +108,8 @@ def main() -> None:
     chats = [plain.render_chat([{"role": "user", "content": p}])
              for p in eagle3_prompts.prompts(held_out=True, limit=args.eval_prompts)]
     base, base_tps = timed(plain, chats, args.eval_tokens)
-    results["plain_tok_s"] = round(base_tps, 3)
+    # This machine's speed drifts within minutes: plain decoding is timed again after the speculative
+    # runs and the faster of the two is the baseline (the conservative speedup).
     print(f"plain: {base_tps:.2f} tok/s", flush=True)
     results["eagle3"] = {}
     for k in range(1, 6):
@@ -122,7 +123,14 @@ def main() -> None:
                "speedup": round(tps / base_tps, 3), "identical_to_plain": same}
         results["eagle3"][k] = row
         print(f"eagle3 k={k}: {row}", flush=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    _, again = timed(plain, chats, args.eval_tokens)
+    print(f"plain again: {again:.2f} tok/s", flush=True)
+    results["plain_tok_s_runs"] = [round(base_tps, 3), round(again, 3)]
+    results["plain_tok_s"] = round(max(base_tps, again), 3)
+    for row in results["eagle3"].values():
+        row["speedup"] = round(row["tok_s"] / results["plain_tok_s"], 3)
+    print(json.dumps(results["eagle3"]), flush=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
 
     results["depth_accuracy"] = depth_accuracy(plain, str(out / "draft"), base)
     print(f"held-out draft accuracy at chain depth 1..5: {results['depth_accuracy']}", flush=True)
@@ -133,6 +141,7 @@ def main() -> None:
     eb, etps = timed(plain, prompt, 64)
     ng = LLM(None, dtype=args.dtype, max_num_seqs=1, speculative={"method": "ngram", "num_tokens": 4})
     eo, ntps = timed(ng, prompt, 64)
+    etps = max(etps, timed(plain, prompt, 64)[1])  # as above: the faster plain run is the baseline
     o = eo[0].outputs[0]
     results["ngram_extraction"] = {"plain_tok_s": round(etps, 3), "ngram_tok_s": round(ntps, 3),
                                    "speedup": round(ntps / etps, 3), "mean_accepted_length": o.mean_accepted_length,
