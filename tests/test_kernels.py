@@ -80,7 +80,8 @@ def test_kernels_are_not_a_silent_no_op():
 
 @pytest.mark.parametrize("rows", [1, 3, 200])  # kernel (decode) and float-GEMM (prefill) paths
 @pytest.mark.parametrize("mode", ["bf16", "int8", "int4"])
-def test_layers_use_the_kernels_and_match(mode, rows):
+def test_layers_use_the_kernels_and_match(mode, rows, monkeypatch):
+    monkeypatch.setattr(kernels, "DEQUANT_SLICE_ELEMENTS", 512 * 32)  # prefill: 3 slices of 32 output rows
     torch.manual_seed(rows)
     lin = nn.Linear(512, 96, bias=True).bfloat16()
     with torch.no_grad():
@@ -149,16 +150,16 @@ def test_amx_int4_matches_dequantized_and_is_batch_invariant(g, K):  # 576: Smol
 
 @needs_amx
 def test_amx_int4_layer_float32_and_autograd_inputs(monkeypatch):
-    from qwen3lab.quant import int4
-
     torch.manual_seed(0)
     lin = nn.Linear(256, 64).bfloat16()
     layer = Int4Linear.from_linear(lin, 64)
     ref_w = dequantize_int4(layer.weight, layer.scales_and_zeros, 64)
     layer.prepare()
     # Prefill-sized bf16 input, dequantized in slices of 16 output rows (4 slices here).
-    monkeypatch.setattr(int4, "AMX_DEQUANT_ELEMENTS", 256 * 16)
-    xb = torch.randn(int4.AMX_PREFILL_ROWS + 3, 256).bfloat16()
+    from qwen3lab.quant.int4 import AMX_PREFILL_ROWS
+
+    monkeypatch.setattr(kernels, "DEQUANT_SLICE_ELEMENTS", 256 * 16)
+    xb = torch.randn(AMX_PREFILL_ROWS + 3, 256).bfloat16()
     with torch.inference_mode():
         assert rel_err(layer(xb), xb.float() @ ref_w.t() + lin.bias.float()) < 2e-2
     x = torch.randn(3, 256, requires_grad=True)

@@ -118,6 +118,22 @@ def amx() -> bool:
             and ops() is not None and bool(ops().amx_available()))
 
 
+DEQUANT_SLICE_ELEMENTS = 8 << 20  # 16 MB of bf16 per slice of output rows
+
+
+def sliced_linear(x: torch.Tensor, out_features: int, in_features: int, dequant, multiple: int = 16) -> torch.Tensor:
+    """``F.linear`` over a quantized weight dequantized a slice of output rows at a time into the reused
+    buffer: ``dequant(n0, n1, buf)`` returns the bf16 rows n0..n1. The float GEMM runs as well on slices of
+    a few thousand rows, and the buffer stays ~16 MB instead of the largest matrix's 100 MB."""
+    step = max(multiple, DEQUANT_SLICE_ELEMENTS // in_features // multiple * multiple)
+    buf = dequant_buffer(min(step, out_features) * in_features)
+    parts = []
+    for n0 in range(0, out_features, step):
+        n1 = min(n0 + step, out_features)
+        parts.append(F.linear(x, dequant(n0, n1, None if buf is None else buf[: (n1 - n0) * in_features])))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
 def release_transients() -> None:
     """After a prefill-sized step: drop this thread's dequantization buffer and hand glibc's freed
     activation pages back, so that what a long prompt needed does not stay resident while decoding.

@@ -35,7 +35,6 @@ GROUP_SIZES = (32, 64, 128, 256)  # what the CPU kernel accepts
 # g64, far less than the quality they keep.
 DEFAULT_GROUP_SIZE = 32
 AMX_PREFILL_ROWS = 128  # from this many rows on, the AMX form dequantizes for the float GEMM
-AMX_DEQUANT_ELEMENTS = 8 << 20  # per slice of output rows
 _PACK_ROWS = 4096  # pack in row chunks (a multiple of the kernel's 64-row block) to bound the int32 copy
 
 
@@ -158,19 +157,12 @@ class Int4Linear(nn.Module):
         if self.amx_weight is not None and x.device.type == "cpu":
             rows = x.numel() // self.in_features
             if kernels.usable(x, self.in_features, max_rows=None) and rows >= AMX_PREFILL_ROWS:
-                # Prefill-sized: dequantize into a reused buffer and use the float GEMM (tiles of 16 rows
-                # re-read and unpack the weight per pass: measured 19456 x 2560 g32, 512 rows, 107 ms against
-                # 55 ms; at 128 rows 23 vs 26). In slices of output rows, so the buffer stays ~16 MB.
-                step = max(16, AMX_DEQUANT_ELEMENTS // self.in_features // 16 * 16)
-                buf = kernels.dequant_buffer(min(step, self.out_features) * self.in_features)
-                parts = []
-                for n0 in range(0, self.out_features, step):
-                    n1 = min(n0 + step, self.out_features)
-                    w = kernels.ops().amx_dequant_int4(self.amx_weight[n0:n1], self.amx_scales[n0 // 16: n1 // 16],
-                                                       self.amx_zeros[n0 // 16: n1 // 16], self.group_size,
-                                                       None if buf is None else buf[: (n1 - n0) * self.in_features])
-                    parts.append(F.linear(x, w))
-                out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+                # Prefill-sized: dequantize (slices of output rows, kernels.sliced_linear) and use the float
+                # GEMM; tiles of 16 rows re-read and unpack the weight per pass: measured 19456 x 2560 g32,
+                # 512 rows, 107 ms against 55 ms; at 128 rows 23 vs 26.
+                out = kernels.sliced_linear(x, self.out_features, self.in_features, lambda n0, n1, buf: kernels.ops(
+                    ).amx_dequant_int4(self.amx_weight[n0:n1], self.amx_scales[n0 // 16: n1 // 16],
+                                       self.amx_zeros[n0 // 16: n1 // 16], self.group_size, buf))
             elif kernels.usable(x, self.in_features, max_rows=None):
                 out = kernels.ops().amx_int4(x.reshape(-1, self.in_features).contiguous(), self.amx_weight,
                                              self.amx_scales, self.amx_zeros, self.group_size)
