@@ -249,39 +249,45 @@ void int4_amx_groups(const int8_t* xq, const float* d, const float* bsum, int64_
                      float* y, int64_t N) {
   constexpr int kRows = KT / 4;  // B tile rows
   const int64_t NB = K / KT, per_group = group_size / KT;
-  alignas(64) uint8_t bbuf[2][kRows][64];
+  // Two pairs of B buffers: the next pair of blocks is unpacked while the tiles work on this one.
+  alignas(64) uint8_t bbuf[2][2][kRows][64];
   alignas(64) int32_t cbuf[2][16][16];
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   const __m512 eight = _mm512_set1_ps(8.f);
+  auto unpack = [&](const uint8_t* wg, int64_t b, uint8_t (*dst)[kRows][64]) {
+    for (int u = 0; u < 2 && b + u < NB; ++u) {
+      const uint8_t* src = wg + (b + u) * (KT * 8);
+      _mm_prefetch(reinterpret_cast<const char*>(src + 16 * KT * 8), _MM_HINT_T0);
+      for (int t = 0; t < kRows / 2; ++t) {
+        const __m512i v = _mm512_loadu_si512(src + t * 64);
+        _mm512_store_si512(dst[u][2 * t], _mm512_and_si512(v, low4));
+        _mm512_store_si512(dst[u][2 * t + 1], _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
+      }
+    }
+  };
   for (int64_t g = g0; g < g1; ++g) {
     const uint8_t* wg = W + g * 16 * (K / 2);
     const uint16_t* sg = s + g * G * 16;
     const uint16_t* zg = z + g * G * 16;
     __m512 acc[M];
     for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < NB; b += 2) {
+    unpack(wg, 0, bbuf[0]);
+    for (int64_t b = 0, it = 0; b < NB; b += 2, ++it) {
       const int nb = b + 1 < NB ? 2 : 1;
-      for (int u = 0; u < nb; ++u) {
-        const uint8_t* src = wg + (b + u) * (KT * 8);
-        _mm_prefetch(reinterpret_cast<const char*>(src + 16 * KT * 8), _MM_HINT_T0);
-        for (int t = 0; t < kRows / 2; ++t) {
-          const __m512i v = _mm512_loadu_si512(src + t * 64);
-          _mm512_store_si512(bbuf[u][2 * t], _mm512_and_si512(v, low4));
-          _mm512_store_si512(bbuf[u][2 * t + 1], _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
-        }
-      }
+      uint8_t (*cur)[kRows][64] = bbuf[it & 1];
       _tile_zero(0);
       _tile_loadd(1, xq + b * KT, K);
-      _tile_loadd(2, bbuf[0], 64);
+      _tile_loadd(2, cur[0], 64);
       _tile_dpbsud(0, 1, 2);
       if (nb == 2) {
         _tile_zero(3);
         _tile_loadd(4, xq + (b + 1) * KT, K);
-        _tile_loadd(5, bbuf[1], 64);
+        _tile_loadd(5, cur[1], 64);
         _tile_dpbsud(3, 4, 5);
       }
       _tile_stored(0, cbuf[0], 64);
       if (nb == 2) _tile_stored(3, cbuf[1], 64);
+      if (b + 2 < NB) unpack(wg, b + 2, bbuf[(it + 1) & 1]);
       for (int u = 0; u < nb; ++u) {
         const int64_t blk = b + u, grp = blk / per_group;
         const __m512 sv = bf16x16(sg + grp * 16);
