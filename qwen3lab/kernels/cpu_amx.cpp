@@ -57,52 +57,12 @@ void configure(int64_t M, int64_t a_bytes) {
   _tile_loadconfig(&cfg);
 }
 
-// Signed int8 activations with one scale per `block` values, repacked for the B tile.
-// xb: [K / block][block / 4][M][4]; d: [K / block][16] (lanes >= M zero).
-struct PackedX {
-  std::vector<int8_t> xb;
-  std::vector<float> d;
-  std::vector<float> bsum;  // [K / block][16]: d * sum of the block's q (int4's zero-point term)
-};
-
 inline __m512 bf16x16(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
 }
 
-// order: byte position p of a block -> k offset inside the block (identity for int8; int4's nibble order).
-PackedX pack_x(const at::BFloat16* x, int64_t M, int64_t K, int64_t block, const int* order) {
-  PackedX out;
-  const int64_t NB = K / block;
-  out.xb.assign(NB * block * M, 0);
-  out.d.assign(NB * 16, 0.f);
-  out.bsum.assign(NB * 16, 0.f);
-  const auto* xs = reinterpret_cast<const uint16_t*>(x);
-  alignas(64) int8_t q[kBlock];
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t b = 0; b < NB; ++b) {
-      const uint16_t* xr = xs + m * K + b * block;
-      __m512 amax = _mm512_setzero_ps();
-      for (int64_t k = 0; k < block; k += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(bf16x16(xr + k)));
-      const float dm = _mm512_reduce_max_ps(amax) / 127.f;
-      const __m512 inv = _mm512_set1_ps(dm > 0.f ? 1.f / dm : 0.f);
-      __m512i qsum = _mm512_setzero_si512();
-      for (int64_t k = 0; k < block; k += 16) {
-        const __m512i v = _mm512_cvt_roundps_epi32(_mm512_mul_ps(bf16x16(xr + k), inv),
-                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        qsum = _mm512_add_epi32(qsum, v);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtepi32_epi8(v));
-      }
-      int8_t* dst = out.xb.data() + b * block * M;
-      for (int64_t p = 0; p < block; ++p) dst[(p / 4) * M * 4 + m * 4 + (p % 4)] = q[order[p]];
-      out.d[b * 16 + m] = dm;
-      out.bsum[b * 16 + m] = dm * static_cast<float>(_mm512_reduce_add_epi32(qsum));
-    }
-  }
-  return out;
-}
-
 // Signed int8 activations in their natural order [M, K] (int4's A operand), one scale per `block`
-// values: d and bsum [K / block][16] as in PackedX.
+// values: d [K / block][16] (lanes >= M zero) and bsum = d * the block's sum of q (int4's zero-point term).
 struct QuantA {
   std::vector<int8_t> q;
   std::vector<float> d, bsum;
@@ -135,6 +95,23 @@ QuantA quantize_a(const at::BFloat16* x, int64_t M, int64_t K, int64_t block) {
   return out;
 }
 
+// The same activations repacked for int8's B tile: xb [K / block][block / 4][M][4].
+struct PackedX {
+  std::vector<int8_t> xb;
+  std::vector<float> d;  // [K / block][16] (lanes >= M zero)
+};
+
+PackedX pack_x(const at::BFloat16* x, int64_t M, int64_t K, int64_t block) {
+  QuantA qa = quantize_a(x, M, K, block);
+  PackedX out;
+  out.xb.resize(M * K);
+  for (int64_t b = 0; b < K / block; ++b)
+    for (int64_t p = 0; p < block; ++p)
+      for (int64_t m = 0; m < M; ++m) out.xb[b * block * M + (p / 4) * M * 4 + m * 4 + p % 4] = qa.q[m * K + b * block + p];
+  out.d = std::move(qa.d);
+  return out;
+}
+
 // Write the 16 x M block acc (row i: output n0 + i, lane m) into y [M, N] times the row scales.
 inline void store_rows(const __m512* acc, int64_t M, int64_t N, int64_t n0, const float* row_scale, float* y) {
   alignas(64) float t[16][16];
@@ -162,12 +139,11 @@ at::Tensor amx_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
   TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.numel() == N, "amx_int8: scale must be fp32 [N]");
   check_x(x, K, "amx_int8");
   at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
-  static const std::vector<int> identity = [] { std::vector<int> v(kBlock); for (int i = 0; i < kBlock; ++i) v[i] = i; return v; }();
   const int8_t* wp = w.data_ptr<int8_t>();
   const float* sp = scale.data_ptr<float>();
   for (int64_t m0 = 0; m0 < M; m0 += kMaxM) {
     const int64_t rows = std::min(kMaxM, M - m0);
-    const PackedX px = pack_x(x.data_ptr<at::BFloat16>() + m0 * K, rows, K, kBlock, identity.data());
+    const PackedX px = pack_x(x.data_ptr<at::BFloat16>() + m0 * K, rows, K, kBlock);
     float* yp = y.data_ptr<float>() + m0 * N;
     const int64_t NB = K / kBlock, bstride = kBlock * rows;
     at::parallel_for(0, N / 16, 4, [&](int64_t g0, int64_t g1) {
