@@ -18,6 +18,7 @@ from qwen3lab.quant import GROUP_SIZES, Int4Linear, Int8Linear, quantize_model
 from qwen3lab.quant.apply import ensure_quantized
 from qwen3lab.quant.int4 import dequantize_int4, pack_nibbles, quantize_int4, unpack_nibbles
 from qwen3lab.quant.int8 import dequantize_int8
+from qwen3lab.weights.file_rows import FileRowsEmbedding
 from qwen3lab.weights.loader import load_checkpoint
 
 TINY = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
@@ -136,6 +137,15 @@ def test_saved_checkpoint_reloads_identically(folder, tmp_path, mode, group):
     disk = LLM(tmp_path / "q", kv_cache_memory_gb=0.05)  # dtype "auto" follows the written torch_dtype
     assert disk.dtype == torch.bfloat16 and disk.model.quantization["mode"] == mode
     assert torch.equal(disk.logits(PROMPT), mem.logits(PROMPT))
+    # The bf16 embedding of the saved checkpoint is read row by row from the file (not its memory map).
+    emb = disk.model.model.embed_tokens
+    assert isinstance(emb, FileRowsEmbedding) and emb.path.endswith("model.safetensors")
+    ids = torch.tensor([[0, 10239, 5], [PROMPT[0], PROMPT[1], 0]])
+    with torch.inference_mode():
+        assert torch.equal(emb(ids), torch.nn.functional.embedding(ids, emb.weight))
+        with pytest.raises(IndexError, match="outside the embedding table"):
+            emb(torch.tensor([10240]))
+    assert not isinstance(mem.model.model.embed_tokens, FileRowsEmbedding)  # converted in memory: no file
     a, b = disk.generate([PROMPT], params)[0], mem.generate([PROMPT], params)[0]
     assert a.token_ids == b.token_ids and len(a.token_ids) == 12
     # Asking for the quantization it already has is fine (what LLM(quantization=) does); another is an error.

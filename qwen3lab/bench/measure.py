@@ -136,17 +136,16 @@ def _verify_cost(llm, max_k: int, repeats: int = 3) -> dict[int, float]:
     meta = AttentionMetadata.build([256], [256], cfg.layer_types, cfg.sliding_window, [seq.block_table],
                                    cache.block_size)
     llm.model(torch.tensor(seq.prompt_token_ids), meta, cache)
-    times = {}
-    for k in range(0, max_k + 1):
-        meta = AttentionMetadata.build([k + 1], [256 + k + 1], cfg.layer_types, cfg.sliding_window,
-                                       [seq.block_table], cache.block_size)
-        ids = torch.tensor(prompt_ids(k + 1, 4))
-        best = float("inf")
-        for _ in range(repeats):
+    times = {k: float("inf") for k in range(max_k + 1)}
+    metas = {k: AttentionMetadata.build([k + 1], [256 + k + 1], cfg.layer_types, cfg.sliding_window,
+                                        [seq.block_table], cache.block_size) for k in times}
+    # Repeats outermost: the host's speed drifts within minutes, so every k samples the same moments.
+    for _ in range(repeats):
+        for k in times:
+            ids = torch.tensor(prompt_ids(k + 1, 4))
             t = time.perf_counter()
-            llm.model.compute_logits(llm.model(ids, meta, cache))
-            best = min(best, time.perf_counter() - t)
-        times[k] = best
+            llm.model.compute_logits(llm.model(ids, metas[k], cache))
+            times[k] = min(times[k], time.perf_counter() - t)
     return {k: times[k] / times[0] for k in range(1, max_k + 1)}
 
 
