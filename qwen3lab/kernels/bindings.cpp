@@ -16,7 +16,6 @@ at::Tensor amx_int4(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
 at::Tensor amx_pack_int4(const at::Tensor& w, int64_t group_size);
 at::Tensor amx_unpack_int4(const at::Tensor& w, int64_t group_size, const c10::optional<at::Tensor>& out);
 at::Tensor amx_group_vectors(const at::Tensor& v);
-void set_int4_vnni_rows(int64_t rows);
 at::Tensor amx_dequant_int4(const at::Tensor& w, const at::Tensor& scales, const at::Tensor& zeros, int64_t group_size,
                             const c10::optional<at::Tensor>& out);
 at::Tensor rms_norm_bf16(const at::Tensor& x, const at::Tensor& w, double eps);
@@ -42,7 +41,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("w"), py::arg("group_size"), py::arg("out") = py::none());
   m.def("amx_dequant_int4", &amx_dequant_int4, "bf16 weight from the AMX int4 layout (prefill)",
         py::arg("w"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"), py::arg("out") = py::none());
-  m.def("set_int4_vnni_rows", &set_int4_vnni_rows, "rows up to which amx_int4 uses its VNNI form (tuning)");
   m.def("amx_group_vectors", &amx_group_vectors, "scales or zeros [G, N] -> bf16 [N / 16, G, 16]");
   m.def("rms_norm_bf16", &rms_norm_bf16, "RMSNorm over the last dim, reference roundings (bf16)");
   m.def("paged_decode_attention", &paged_decode_attention, "one-token-per-sequence attention over the paged cache");

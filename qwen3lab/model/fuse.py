@@ -47,30 +47,21 @@ def _stack(parts: list[nn.Module]) -> nn.Module | None:
         new = Int8Linear(parts[0].in_features, out_features, has_bias, parts[0].weight_scale.dtype, "meta")
         new.weight = nn.Parameter(torch.cat([p.weight.data for p in parts]), requires_grad=False)
         new.weight_scale = nn.Parameter(torch.cat([p.weight_scale.data for p in parts]), requires_grad=False)
-    elif kind is Int4Linear and all(p.amx_weight is not None for p in parts):
+    elif kind is Int4Linear and (all(p.amx_weight is not None for p in parts)
+                                 or all(p.kernel_scales is not None for p in parts)):
         g = parts[0].group_size
         if any(p.group_size != g for p in parts):
             return None
         new = Int4Linear(parts[0].in_features, out_features, g, has_bias, parts[0].scales_and_zeros.dtype, "meta")
-        # The tile layout is per 16 output rows, so stacking along N keeps it valid.
-        w = [p.weight.data for p in parts]
+        # Portable tensors may have been dropped for the kernel's forms (prepare()); those stack along N
+        # (the AMX tile layout is per 16 output rows, so it stays valid).
+        w, sz = [p.weight.data for p in parts], [p.scales_and_zeros.data for p in parts]
         new.weight = nn.Parameter(torch.cat(w) if all(t.numel() for t in w) else w[0].new_empty(0), requires_grad=False)
-        sz = [p.scales_and_zeros.data for p in parts]
         new.scales_and_zeros = nn.Parameter(torch.cat(sz, dim=1) if all(t.numel() for t in sz) else sz[0].new_empty(0),
                                             requires_grad=False)
-        for attr in ("amx_weight", "amx_scales", "amx_zeros"):
-            setattr(new, attr, torch.cat([getattr(p, attr) for p in parts]))
-    elif kind is Int4Linear and all(p.kernel_scales is not None for p in parts):
-        g = parts[0].group_size
-        if any(p.group_size != g for p in parts):
-            return None
-        new = Int4Linear(parts[0].in_features, out_features, g, has_bias, parts[0].scales_and_zeros.dtype, "meta")
-        new.weight = nn.Parameter(torch.cat([p.weight.data for p in parts]), requires_grad=False)
-        sz = [p.scales_and_zeros.data for p in parts]
-        new.scales_and_zeros = nn.Parameter(torch.cat(sz, dim=1) if all(t.numel() for t in sz) else sz[0].new_empty(0),
-                                            requires_grad=False)
-        new.kernel_scales = torch.cat([p.kernel_scales for p in parts])
-        new.kernel_zeros = torch.cat([p.kernel_zeros for p in parts])
+        for attr in ("amx_weight", "amx_scales", "amx_zeros", "kernel_scales", "kernel_zeros"):
+            if getattr(parts[0], attr) is not None:
+                setattr(new, attr, torch.cat([getattr(p, attr) for p in parts]))
     else:
         return None
     new.bias = nn.Parameter(bias, requires_grad=False) if has_bias else None

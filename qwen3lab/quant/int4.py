@@ -155,15 +155,15 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.amx_weight is not None and x.device.type == "cpu":
-            rows = x.numel() // self.in_features
-            if kernels.usable(x, self.in_features, max_rows=None) and rows >= AMX_PREFILL_ROWS:
+            kernel = kernels.usable(x, self.in_features, max_rows=None)
+            if kernel and x.numel() // self.in_features >= AMX_PREFILL_ROWS:
                 # Prefill-sized: dequantize (slices of output rows, kernels.sliced_linear) and use the float
                 # GEMM; tiles of 16 rows re-read and unpack the weight per pass: measured 19456 x 2560 g32,
                 # 512 rows, 107 ms against 55 ms; at 128 rows 23 vs 26.
                 out = kernels.sliced_linear(x, self.out_features, self.in_features, lambda n0, n1, buf: kernels.ops(
                     ).amx_dequant_int4(self.amx_weight[n0:n1], self.amx_scales[n0 // 16: n1 // 16],
                                        self.amx_zeros[n0 // 16: n1 // 16], self.group_size, buf))
-            elif kernels.usable(x, self.in_features, max_rows=None):
+            elif kernel:
                 out = kernels.ops().amx_int4(x.reshape(-1, self.in_features).contiguous(), self.amx_weight,
                                              self.amx_scales, self.amx_zeros, self.group_size)
             else:
