@@ -149,13 +149,24 @@ def test_greedy_output_is_identical_with_eagle3(tiny):
     assert fast.engine.spec_stats["drafted"] > 0
 
 
+def test_greedy_output_is_identical_with_eagle3_trees(tiny):
+    target, draft = tiny
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    plain = [o.token_ids for o in LLM(target, dtype="float32").generate(PROMPTS, params)]
+    fast = LLM(target, dtype="float32", max_num_seqs=2, max_num_batched_tokens=20,
+               speculative={"method": "eagle3", "model": draft, "num_tokens": 6, "topk": 3, "num_steps": 3})
+    assert [o.token_ids for o in fast.generate(PROMPTS, params)] == plain
+    assert fast.engine.spec_stats["drafted"] > 0
+
+
 @pytest.mark.skipif(not kernels.amx(), reason="bit-identical bf16 needs batch-invariant kernels (AMX tiles here)")
-def test_greedy_output_is_identical_with_eagle3_in_bf16(tiny):
+@pytest.mark.parametrize("tree", [{}, {"topk": 3, "num_steps": 3, "num_tokens": 8}])
+def test_greedy_output_is_identical_with_eagle3_in_bf16(tiny, tree):
     target, draft = tiny
     params = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True)
     plain = [o.token_ids for o in LLM(target, dtype="bfloat16", max_num_seqs=2).generate(PROMPTS, params)]
     fast = LLM(target, dtype="bfloat16", max_num_seqs=2, speculative={"method": "eagle3", "model": draft,
-                                                                      "num_tokens": 4})
+                                                                      "num_tokens": 4, **tree})
     assert [o.token_ids for o in fast.generate(PROMPTS, params)] == plain
     assert fast.engine.spec_stats["drafted"] > 0
 
@@ -321,3 +332,39 @@ def test_train_eagle3_cli_writes_the_published_layout(tmp_path, tiny):
     plain = LLM(target, dtype="float32").generate(PROMPTS[:2], params)
     fast = LLM(target, dtype="float32", speculative={"method": "eagle3", "model": str(out), "num_tokens": 2})
     assert [o.token_ids for o in fast.generate(PROMPTS[:2], params)] == [o.token_ids for o in plain]
+
+
+def test_tree_drafting_matches_a_full_recompute(tiny):
+    """EAGLE3 trees (k best nodes, branching topk, depth num_steps): every node is one of the top-k
+    tokens the from-scratch recurrence gives after its parent's path; the nodes form a tree of at most
+    num_tokens nodes and num_steps levels with at most topk children each, parents first, whose best
+    root child is the chain's first draft; trees shrink near max_tokens."""
+    target, draft = tiny
+    K, steps, n = 3, 3, 7
+    params = SamplingParams(max_tokens=14, temperature=0.0, ignore_eos=True)
+    llm = LLM(target, dtype="float32", max_num_seqs=2, max_num_batched_tokens=16,
+              speculative={"method": "eagle3", "model": draft, "num_tokens": n, "topk": K, "num_steps": steps})
+    d = llm.engine.drafter
+    trees, propose = [], d.propose
+
+    def wrapped(seqs, budgets):
+        before = {s.seq_id: list(s.all_token_ids) for s in seqs}
+        propose(seqs, budgets)
+        trees.extend((before[s.seq_id], list(s.spec_tokens), list(s.spec_parents), b) for s, b in zip(seqs, budgets))
+
+    d.propose = wrapped
+    llm.generate(PROMPTS[:3], params)
+    assert len(trees) > 10 and any(len(t[1]) < n for t in trees) and any(len(t[1]) == n for t in trees)
+    from qwen3lab.model import TokenTree
+
+    for ids, toks, parents, budget in trees:
+        tree = TokenTree(len(ids), tuple(parents))
+        assert len(toks) <= budget and max(tree.depths()) <= steps
+        assert all(parents.count(p) <= K for p in set(parents))
+        for j in range(len(toks)):
+            path = [toks[a] for a in tree.path(j)]
+            h = reference_chain(llm, d, ids, path)[len(path) - 1]
+            top = d.target_ids[d.model.compute_logits(h).topk(K).indices].tolist()
+            assert toks[j] in top, (j, toks, parents)
+            if j == 0:
+                assert toks[0] == top[0]

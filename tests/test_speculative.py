@@ -159,3 +159,108 @@ def test_bench_speculative_cli(target, tmp_path, capsys):
     assert report["identical_to_plain"] and report["draft_acceptance"] == 1.0
     assert report["mean_accepted_length"] > 2 and report["plain_decode_tok_s"] > 0
     assert "speculative / plain:" in capsys.readouterr().out
+
+
+# Token trees: nodes are listed parents first; -1 is the last real token.
+TREE = (-1, -1, 0, 0, 1, 2, 4, 6)
+
+
+@torch.inference_mode()
+def forward_rows(llm: LLM, prompt: list[int], rows: list[list[int]], trees) -> list[torch.Tensor]:
+    """Prefill ``prompt`` except its last token in a fresh paged cache, then feed each row (the last
+    prompt token and more) in its own forward after it; logits [len(row), vocab] per row."""
+    from qwen3lab.engine.kv_cache import PagedKVCache
+    from qwen3lab.model import AttentionMetadata
+
+    model, cfg = llm.model, llm.model.config
+    cache = PagedKVCache(cfg, 8, 16, next(model.parameters()).dtype)
+    table = list(range(8))
+
+    def run(ids, ctx, tree):
+        meta = AttentionMetadata.build([len(ids)], [ctx], cfg.layer_types, cfg.sliding_window, [table], 16,
+                                       trees=[tree] if tree is not None else None)
+        return model.compute_logits(model(torch.tensor(ids), meta, cache))
+
+    run(prompt[:-1], len(prompt) - 1, None)
+    return [run(prompt[-1:] + row, len(prompt) + len(row), tree) for row, tree in zip(rows, trees)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_tree_attention_scores_every_path(target, dtype):
+    """One forward over a token tree gives each node the logits of its own root-to-node path, fed as a
+    chain (with the decode kernels in bf16, bit for bit: verification of a tree node is the decode
+    of its path); a whole prompt followed by a tree in one prefill row gives them too (SDPA masks)."""
+    from qwen3lab.model import TokenTree
+
+    llm = LLM(target, dtype=dtype)
+    prompt = llm.tokenizer.encode(PROMPTS[0])
+    drafts = [101, 202, 303, 404, 505, 606, 707, 808]
+    tree = TokenTree(len(prompt), TREE)
+    chains = [[drafts[a] for a in tree.path(j)] for j in range(len(drafts))]
+    got, *ref = forward_rows(llm, prompt, [drafts] + chains, [tree] + [None] * len(chains))
+    exact = dtype == "bfloat16" and kernels.amx()
+    for j, r in enumerate(ref):
+        if exact:
+            assert torch.equal(got[j + 1], r[-1]), f"node {j}"
+        else:
+            torch.testing.assert_close(got[j + 1], r[-1], atol=1e-4 if dtype == "float32" else 0.15, rtol=0.02)
+    if dtype == "float32":  # the prompt and the tree as one prefill row
+        from qwen3lab.engine.kv_cache import PagedKVCache
+        from qwen3lab.model import AttentionMetadata
+
+        cfg, n = llm.model.config, len(prompt) + len(drafts)
+        meta = AttentionMetadata.build([n], [n], cfg.layer_types, cfg.sliding_window, [list(range(8))], 16,
+                                       trees=[tree])
+        with torch.inference_mode():
+            whole = llm.model.compute_logits(llm.model(torch.tensor(prompt + drafts), meta,
+                                                       PagedKVCache(cfg, 8, 16, torch.float32)))
+        torch.testing.assert_close(whole[len(prompt) - 1:], got, atol=1e-4, rtol=1e-4)
+
+
+def test_tree_acceptance_rule_reproduces_target_exactly():
+    """The tree rule without a model: the first token ~ p at the root whichever children are drafted,
+    and after an accepted child the next token ~ that child's row; greedy follows the argmax child."""
+    from qwen3lab.spec import verify_tree
+
+    g = torch.Generator().manual_seed(0)
+    vocab, trials = 6, 20000
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5, -2.0],  # root
+                           [0.0, 1.0, 2.0, 0.0, 0.0, 0.0],  # node 0 (token 2)
+                           [1.0, 0.0, 0.0, 3.0, 0.0, 0.0],  # node 1 (token 0)
+                           [0.0] * 6])  # node 2 (token 3, child of node 1)
+    drafts, parents = [2, 0, 3], [-1, -1, 1]
+    params = SamplingParams(temperature=1.0).resolve(None)
+    first, second = torch.zeros(vocab), torch.zeros(vocab)
+    for _ in range(trials):
+        tokens, path = verify_tree(logits, drafts, parents, params, [0], [], g)
+        first[tokens[0]] += 1
+        assert path == [j for j in path if j in (0, 1, 2)] and len(tokens) == len(path) + 1
+        if tokens[0] == 0:
+            second[tokens[1]] += 1
+    for counts, p in ((first, logits[0].softmax(-1)), (second, logits[2].softmax(-1))):
+        n = counts.sum()
+        chi2 = (((counts - n * p) ** 2) / (n * p)).sum().item()
+        assert chi2 < 20.5, chi2  # 99.9% quantile of chi-square with 5 degrees of freedom
+    greedy = SamplingParams(temperature=0.0).resolve(None)
+    assert verify_tree(logits, [2, 0, 3], parents, greedy, [0], [], g) == ([0, 3, 0], [1, 2])
+    assert verify_tree(logits, [2, 1, 3], parents, greedy, [0], [], g) == ([0], [])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_greedy_output_is_identical_with_ngram_trees(target, dtype):
+    """n-gram trees (every earlier continuation of the suffix, merged): the same greedy tokens as plain
+    decoding with two requests sharing the batch, and accepted paths that leave the first branch, so
+    their keys were moved into place (in bf16 with AMX, bit-identical verification makes this exact)."""
+    if dtype == "bfloat16" and not kernels.amx():
+        pytest.skip("bit-identical bf16 needs batch-invariant kernels (AMX tiles here)")
+    prompts = PROMPTS + ["a b c d a b e f a b c g a b e h a b c d a b e f a b"]
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+    plain = [o.token_ids for o in LLM(target, dtype=dtype, max_num_seqs=2).generate(prompts, params)]
+    fast = LLM(target, dtype=dtype, max_num_seqs=2, speculative={"method": "ngram", "num_tokens": 8, "topk": 3})
+    paths = []
+    verified = fast.engine.drafter.on_verified
+    fast.engine.drafter.on_verified = lambda seq, n, path=None: (paths.append(path), verified(seq, n, path))
+    assert [o.token_ids for o in fast.generate(prompts, params)] == plain
+    trees = [p for p in paths if p is not None]
+    assert trees and fast.engine.spec_stats["accepted"] > 0
+    assert any(p != list(range(len(p))) for p in trees), "no accepted path left the first branch"

@@ -55,6 +55,12 @@ class PagedKVCache:
         self.k[layer].index_copy_(0, slots, k.to(self.dtype))
         self.v[layer].index_copy_(0, slots, v.to(self.dtype))
 
+    def move(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Copy every layer's keys/values from flat slots ``src`` to ``dst`` (an accepted tree path
+        into consecutive slots)."""
+        for pool in self.k + self.v:
+            pool.index_copy_(0, dst, pool.index_select(0, src))
+
     def gather(self, layer: int, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """index: [G, S] slots -> keys, values [G, S, kvh, d]."""
         # index_select on the flat slot axis is several times faster on CPU than advanced indexing.

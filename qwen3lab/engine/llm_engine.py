@@ -15,7 +15,8 @@ import torch
 
 from ..config import GenerationDefaults
 from ..sampling import SamplingParams, sample
-from ..spec import verify
+from ..model.attention_metadata import _flat_index
+from ..spec import verify, verify_tree
 from ..tokenizer.incremental import IncrementalDetokenizer
 from .block_manager import BlockManager
 from .kv_cache import PagedKVCache, bytes_per_block
@@ -164,7 +165,7 @@ class LLMEngine:
                 deltas.extend(self._verify(seq, logits[offset: offset + m]))
             offset += m
         for s in batch.seqs:  # drafts are consumed by this step whether or not the row sampled
-            s.spec_tokens, s.spec_probs = [], None
+            s.spec_tokens, s.spec_probs, s.spec_parents = [], None, None
         if plain:
             # Without drafts the rows are already one tensor: skip the copy.
             stacked = logits if len(plain) == len(rows) and offset == len(rows) else torch.stack(plain_logits)
@@ -188,11 +189,20 @@ class LLMEngine:
         return [self._append(s, t, lp) for s, t, lp in zip(seqs, result.tokens, result.logprobs)]
 
     def _verify(self, seq: Sequence, logits: torch.Tensor) -> list[StreamDelta]:
-        """Accept a prefix of the drafts plus one target token; trim the cache to what was accepted."""
-        drafts = seq.spec_tokens
-        tokens, accepted = verify(logits, drafts, seq.spec_probs, seq.params, seq.prompt_token_ids,
-                                  seq.output_token_ids, seq.generator, self._banned(seq), seq.params.min_tokens)
-        seq.spec_tokens, seq.spec_probs = [], None
+        """Accept a prefix of the drafts (a path of a tree) plus one target token; trim the cache to what
+        was accepted."""
+        drafts, parents, prefix = seq.spec_tokens, seq.spec_parents, seq.num_tokens
+        path = None
+        if parents is None:
+            tokens, accepted = verify(logits, drafts, seq.spec_probs, seq.params, seq.prompt_token_ids,
+                                      seq.output_token_ids, seq.generator, self._banned(seq), seq.params.min_tokens)
+        else:
+            tokens, path = verify_tree(logits, drafts, parents, seq.params, seq.prompt_token_ids,
+                                       seq.output_token_ids, seq.generator, self._banned(seq), seq.params.min_tokens)
+            accepted = len(path)
+            # Logits rows follow the tree's node order; give logprobs the path's rows.
+            logits = logits[torch.tensor([0] + [j + 1 for j in path])]
+        seq.spec_tokens, seq.spec_probs, seq.spec_parents = [], None, None
         want_lp = seq.params.logprobs is not None
         lps = logits[: len(tokens)].log_softmax(-1) if want_lp else None
         deltas = []
@@ -216,10 +226,15 @@ class LLMEngine:
         for key, value in (("steps", 1), ("drafted", len(drafts)), ("accepted", emitted)):
             self.spec_stats[key] += value
         if not seq.is_finished:
+            if path is not None and path != list(range(accepted)):
+                # The accepted nodes' keys go to the slots right after the sequence they now extend.
+                moved = [(prefix + j, prefix + i) for i, j in enumerate(path) if i != j]
+                src, dst = (_flat_index(seq.block_table, torch.tensor(x), self.cache.block_size) for x in zip(*moved))
+                self.cache.move(src.to(self.cache.k[0].device), dst.to(self.cache.k[0].device))
             # Keys past the accepted tokens are stale: the next step overwrites them.
             seq.num_computed = seq.num_tokens - 1
             if self.drafter is not None:
-                self.drafter.on_verified(seq, accepted)
+                self.drafter.on_verified(seq, accepted, path)
         return deltas
 
     def _append(self, seq: Sequence, token: int, logprob: dict[int, float] | None) -> StreamDelta:

@@ -9,7 +9,7 @@ from contextlib import nullcontext
 import torch
 
 from .. import kernels
-from ..model import AttentionMetadata, CausalLM
+from ..model import AttentionMetadata, CausalLM, TokenTree
 from .kv_cache import PagedKVCache
 from .scheduler import ScheduledBatch
 
@@ -24,10 +24,14 @@ class ModelRunner:
         ids: list[int] = []
         for s, n in zip(batch.seqs, batch.num_new_tokens):
             ids.extend(s.feed_token_ids[s.num_computed: s.num_computed + n])
+        # Draft trees sit after the sequence's real tokens (the first of their parents is the last real token).
+        trees = [TokenTree(s.num_tokens, tuple(s.spec_parents)) if s.spec_parents is not None and s.spec_tokens
+                 else None for s in batch.seqs]
         meta = AttentionMetadata.build(
             batch.num_new_tokens, [s.num_computed + n for s, n in zip(batch.seqs, batch.num_new_tokens)],
             self.config.layer_types, self.config.sliding_window,
-            block_tables=[s.block_table for s in batch.seqs], block_size=self.cache.block_size, device=self.device)
+            block_tables=[s.block_table for s in batch.seqs], block_size=self.cache.block_size, device=self.device,
+            trees=trees if any(t is not None for t in trees) else None)
         return torch.tensor(ids, device=self.device), meta
 
     @torch.inference_mode()

@@ -46,7 +46,7 @@ class Scheduler:
         self.running.remove(seq)
         self.blocks.release(seq)
         seq.num_computed, seq.status = 0, Status.WAITING
-        seq.spec_tokens, seq.spec_probs = [], None
+        seq.spec_tokens, seq.spec_probs, seq.spec_parents = [], None, None
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
@@ -60,10 +60,12 @@ class Scheduler:
             if seq not in self.running or seq.in_prefill or budget == 0:
                 continue
             if len(seq.spec_tokens) >= budget:  # drafts past the step's budget are dropped
-                keep = budget - 1
+                keep = budget - 1  # (tree nodes come after their parents: a cut keeps a tree)
                 seq.spec_tokens = seq.spec_tokens[:keep]
                 if seq.spec_probs is not None:
                     seq.spec_probs = seq.spec_probs[:keep]
+                if seq.spec_parents is not None:
+                    seq.spec_parents = seq.spec_parents[:keep]
             n = 1 + len(seq.spec_tokens)
             while not self.blocks.allocate(seq, seq.num_computed + n):
                 victim = self.running[-1]

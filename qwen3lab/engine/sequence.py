@@ -40,9 +40,11 @@ class Sequence:
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at admission
     # Speculative decoding: draft tokens fed after the last real token this step, the draft's
     # distributions they were drawn from ([k, vocab] tensor, or None for a deterministic drafter),
-    # and acceptance statistics.
+    # their tree (parent index of each draft, -1 for the last real token; None: a chain), and
+    # acceptance statistics.
     spec_tokens: list[int] = field(default_factory=list)
     spec_probs: Any = None
+    spec_parents: list[int] | None = None
     num_drafted: int = 0
     num_accepted: int = 0
     num_spec_steps: int = 0

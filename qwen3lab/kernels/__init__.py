@@ -217,7 +217,7 @@ def decode_attention(q: torch.Tensor, cache, layer: int, group, window: int, sca
     if not (q.dtype == k.dtype == torch.bfloat16 and usable(q, q.shape[-1], max_rows=None)):
         return None
     G, T = q.shape[:2]
-    gather, ctx = (group.gather, group.context_lens) if T == 1 else group.per_token()
+    gather, ctx = (group.gather, group.context_lens) if T == 1 and not group.tree else group.per_token()
     out = ops().paged_decode_attention(q.reshape(G * T, q.shape[2], q.shape[3]), k, cache.v[layer], gather, ctx,
                                        scale, window)
     return out.view(G, T, q.shape[2], q.shape[3])

@@ -1,4 +1,4 @@
-from .attention_metadata import AttentionMetadata
+from .attention_metadata import AttentionMetadata, TokenTree
 from .decoder import CausalLM
 
-__all__ = ["AttentionMetadata", "CausalLM"]
+__all__ = ["AttentionMetadata", "CausalLM", "TokenTree"]

@@ -1,25 +1,31 @@
 """Lossless speculative decoding: drafters propose, the target verifies in one forward pass.
 
 A drafter has ``propose(seqs, budgets)`` (sets each sequence's ``spec_tokens`` and, for sampled
-drafts, ``spec_probs``), ``on_verified(seq, num_accepted)`` (roll its own state back) and
+drafts, ``spec_probs``; for a token tree also ``spec_parents``), ``on_verified(seq, num_accepted,
+path)`` (roll its own state back; ``path``: the accepted tree nodes, None for a chain) and
 ``release(seq)``. The engine feeds the drafts with the last real token, verifies them with
-``verify`` and trims the KV cache by lowering the sequence's computed count.
+``verify`` (``verify_tree``), moves an accepted tree path's keys into consecutive slots and trims
+the KV cache by lowering the sequence's computed count.
 """
 
 from .ngram import NgramDrafter
-from .verify import verify
+from .verify import verify, verify_tree
 
-__all__ = ["NgramDrafter", "verify", "make_drafter"]
+__all__ = ["NgramDrafter", "verify", "verify_tree", "make_drafter"]
 
 
 def make_drafter(spec: dict, target, max_model_len: int, max_num_seqs: int, dtype, device):
-    """Build a drafter from ``{"method": "ngram"|"draft"|"eagle3", "model": ..., "num_tokens": k}``."""
+    """Build a drafter from ``{"method": "ngram"|"draft"|"eagle3", "model": ..., "num_tokens": k}``;
+    EAGLE3 also takes ``"topk"`` and ``"num_steps"`` for token trees (k nodes, branching topk, depth num_steps)."""
     method = spec.get("method")
     k = int(spec.get("num_tokens", 4))
     if k < 1:
         raise ValueError(f"speculative num_tokens must be >= 1, got {k}")
+    if method == "draft" and int(spec.get("topk", 1)) != 1:
+        raise ValueError("speculative topk > 1 (token trees) is built for methods 'eagle3' and 'ngram', not 'draft'")
     if method == "ngram":
-        return NgramDrafter(k, max_ngram=int(spec.get("max_ngram", 4)), min_ngram=int(spec.get("min_ngram", 1)))
+        return NgramDrafter(k, max_ngram=int(spec.get("max_ngram", 4)), min_ngram=int(spec.get("min_ngram", 1)),
+                            topk=int(spec.get("topk", 1)))
     if method == "draft":
         from ..weights.loader import load_checkpoint
         from .draft_model import DraftModelDrafter

@@ -96,7 +96,7 @@ class DraftModelDrafter:
             seq.spec_tokens = d
             seq.spec_probs = torch.stack(pr) if pr and seq.params.temperature != 0 else None
 
-    def on_verified(self, seq: Sequence, num_accepted: int) -> None:
+    def on_verified(self, seq: Sequence, num_accepted: int, path: list[int] | None = None) -> None:
         st = self.states.get(seq.seq_id)
         if st is not None:  # keep the keys of the accepted prefix only
             st.num_computed = min(st.num_computed, seq.num_tokens - 1)

@@ -1,6 +1,6 @@
 """EAGLE3 drafting: a one-layer head over the target's own hidden states proposes a chain of k tokens.
 
-How a step goes (as vLLM's EAGLE proposer does it, chain only, no tree):
+How a step goes (as vLLM's EAGLE proposer does it for chains):
 - ``observe`` (called by the engine after every target forward, before verification) fuses the
   outputs of target layers (1, L/2-1, L-4) of every fed token with ``fc`` and keeps them per
   sequence, by position.
@@ -11,6 +11,14 @@ How a step goes (as vLLM's EAGLE proposer does it, chain only, no tree):
   with the draft's own pre-norm output as the hidden state, one position further on.
 - Rollback: draft KV written from the draft's own hidden states is never kept; the computed count
   only covers rows built from the target's features, so the next step overwrites the rest.
+
+Token trees (``topk`` > 1, EAGLE-2's dynamic tree as SGLang runs it): the root row's top-k tokens
+are the first level; at each of ``num_steps - 1`` further steps the k best newest nodes by
+cumulative draft log-probability are fed together (each at the position of its depth, attending
+the sequence and its own ancestors in the draft's cache) and each proposes its top-k children.
+The ``num_tokens`` best nodes of all levels form the tree the target verifies (a node never scores
+above its parent, so the best nodes include their ancestors). Tree drafts are deterministic: the
+target verifies them with the one-hot proposal rule, so sampling stays exact.
 
 ``spec_probs`` are the draft's warped distributions over the target vocabulary (draft-vocab logits
 scattered through ``d2t``, other ids -inf), so rejection sampling stays exact; greedy drafts pass None.
@@ -32,7 +40,7 @@ import torch
 from ..engine.block_manager import BlockManager
 from ..engine.kv_cache import PagedKVCache, bytes_per_block
 from ..engine.sequence import Sequence
-from ..model import AttentionMetadata
+from ..model import AttentionMetadata, TokenTree
 from ..sampling import processed_probs
 from .eagle3_io import load_eagle3
 from .eagle3_model import Eagle3Model
@@ -47,8 +55,15 @@ class _State:
 
 class Eagle3Drafter:
     def __init__(self, model: Eagle3Model, target, num_tokens: int, max_model_len: int, max_num_seqs: int,
-                 dtype: torch.dtype, device="cpu", kv_cache_memory_gb: float = 0.5, block_size: int = 16):
+                 dtype: torch.dtype, device="cpu", kv_cache_memory_gb: float = 0.5, block_size: int = 16,
+                 topk: int = 1, num_steps: int | None = None):
         self.model, self.num_tokens, self.device = model, num_tokens, torch.device(device)
+        if topk < 1:
+            raise ValueError(f"speculative topk must be >= 1, got {topk}")
+        self.topk = topk
+        self.num_steps = num_steps if num_steps is not None else (num_tokens if topk == 1 else min(num_tokens, 4))
+        if self.num_steps < 1:
+            raise ValueError(f"speculative num_steps must be >= 1, got {self.num_steps}")
         if self.device.type == "cpu":  # as for the target: drafting is k tiny forwards, overhead is most of it
             from ..kernels import install
             from ..model.fuse import fuse_layer
@@ -69,7 +84,7 @@ class Eagle3Drafter:
         self._aux_order = [self.hidden_layers.index(i) for i in layers]
         self.embed = model.embed_tokens if model.embed_tokens is not None else target.model.embed_tokens
         per_block = bytes_per_block(base, block_size, dtype)
-        wanted = -(-max_num_seqs * (max_model_len + num_tokens) // block_size)
+        wanted = -(-max_num_seqs * (max_model_len + max(num_tokens, topk * self.num_steps)) // block_size)
         num_blocks = max(1, min(wanted, int(kv_cache_memory_gb * 2**30 // per_block)))
         self.cache = PagedKVCache(base, num_blocks, block_size, dtype, device)
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
@@ -81,8 +96,10 @@ class Eagle3Drafter:
         if not spec.get("model"):
             raise ValueError("speculative method 'eagle3' needs 'model': the folder of an EAGLE3 draft checkpoint")
         model = load_eagle3(spec["model"], dtype, device)
+        steps = spec.get("num_steps")
         return cls(model, target, int(spec.get("num_tokens", 4)), max_model_len, max_num_seqs, dtype, device,
-                   float(spec.get("kv_cache_memory_gb", 0.5)))
+                   float(spec.get("kv_cache_memory_gb", 0.5)), topk=int(spec.get("topk", 1)),
+                   num_steps=int(steps) if steps is not None else None)
 
     @torch.inference_mode()
     def observe(self, seqs: list[Sequence], num_new_tokens: list[int], starts: list[int],
@@ -103,17 +120,21 @@ class Eagle3Drafter:
             st.feats = torch.cat([old, fused[s0: s0 + n]])
 
     @torch.inference_mode()
-    def _forward(self, states, tokens: list[list[int]], hidden: torch.Tensor, lens: list[int]) -> torch.Tensor:
-        """Feed rows (token ids, hidden [sum(lens), h]) per state; return pre-norm outputs of each last row."""
+    def _forward(self, states, tokens: list[list[int]], hidden: torch.Tensor, lens: list[int],
+                 trees: list[TokenTree] | None = None, all_rows: bool = False) -> torch.Tensor:
+        """Feed rows (token ids, hidden [sum(lens), h]) per state; return pre-norm outputs of each last
+        row (every row with ``all_rows``)."""
         ctx = [s.num_computed + n for s, n in zip(states, lens)]
         for s, c in zip(states, ctx):
             if not self.blocks.allocate(s, c):
                 raise RuntimeError("EAGLE3 draft KV cache is full: raise speculative kv_cache_memory_gb")
         base = self.model.config.base
         meta = AttentionMetadata.build(lens, ctx, base.layer_types, base.sliding_window,
-                                       [s.block_table for s in states], self.cache.block_size, self.device)
+                                       [s.block_table for s in states], self.cache.block_size, self.device, trees)
         ids = torch.tensor([t for row in tokens for t in row], device=self.device)
         out = self.model(self.embed(ids).to(hidden.dtype), hidden, meta, self.cache)
+        if all_rows:
+            return out
         last = torch.tensor([st + n - 1 for st, n in zip(meta.starts, lens)], device=self.device)
         return out[last]
 
@@ -149,6 +170,9 @@ class Eagle3Drafter:
             # step always has a row even when the target made no progress in between.
             st.num_computed += n - 1
             st.feats = f[n - 1:]
+        if self.topk > 1:
+            self._propose_tree(seqs, budgets, states, h)
+            return
         drafts: list[list[int]] = [[] for _ in seqs]
         probs: list[list[torch.Tensor | None]] = [[] for _ in seqs]
         active = list(range(len(seqs)))
@@ -171,8 +195,79 @@ class Eagle3Drafter:
             seq.spec_tokens = d
             seq.spec_probs = torch.stack(pr) if pr and pr[0] is not None else None
 
-    def on_verified(self, seq: Sequence, num_accepted: int) -> None:
-        pass  # draft KV past num_computed is stale by construction; features are trimmed in observe
+    def _propose_tree(self, seqs: list[Sequence], budgets: list[int], states: list[_State], h: torch.Tensor) -> None:
+        """EAGLE-2 dynamic tree from the root outputs h [B, hidden]; sets spec_tokens and spec_parents."""
+        K, B = self.topk, len(seqs)
+        # Candidates per sequence: token, parent candidate (-1: root), cumulative log-prob, depth, and
+        # the draft output row it was predicted from (its hidden input if it is expanded).
+        tok: list[list[int]] = [[] for _ in range(B)]
+        parent: list[list[int]] = [[] for _ in range(B)]
+        score: list[list[float]] = [[] for _ in range(B)]
+        depth: list[list[int]] = [[] for _ in range(B)]
+        src: list[list[torch.Tensor]] = [[] for _ in range(B)]
+
+        def expand(outs: torch.Tensor, owners: list[tuple[int, int]]) -> list[list[int]]:
+            """Top-k children of each output row; owners[r] = (sequence, candidate or -1). Returns the new
+            candidates per sequence."""
+            logp = torch.log_softmax(self.model.compute_logits(outs), dim=-1)
+            vals, idx = logp.topk(K, dim=-1)
+            ids = self.target_ids[idx].tolist()
+            vals = vals.tolist()
+            new: list[list[int]] = [[] for _ in range(B)]
+            for r, (b, c) in enumerate(owners):
+                base, d = (score[b][c], depth[b][c]) if c >= 0 else (0.0, 0)
+                for j in range(K):
+                    new[b].append(len(tok[b]))
+                    tok[b].append(ids[r][j])
+                    parent[b].append(c)
+                    score[b].append(base + vals[r][j])
+                    depth[b].append(d + 1)
+                    src[b].append(outs[r])
+            return new
+
+        newest = expand(h, [(b, -1) for b in range(B)])
+        fed: list[list[int]] = [[] for _ in range(B)]  # candidates fed to the draft, in slot order
+        slot_of: list[dict[int, int]] = [{} for _ in range(B)]
+        for step in range(1, min(self.num_steps, max(budgets))):
+            feed = [sorted(newest[b], key=lambda c, b=b: -score[b][c])[:K] for b in range(B)]
+            views, trees, tokens, hidden = [], [], [], []
+            for b in range(B):
+                views.append(_Chain(states[b], len(fed[b]) + 2))  # slots after the tree fed so far
+                for c in feed[b]:
+                    slot_of[b][c] = len(fed[b])
+                    fed[b].append(c)
+                tree_parents = tuple(slot_of[b][parent[b][c]] if parent[b][c] >= 0 else -1 for c in fed[b])
+                trees.append(TokenTree(states[b].num_computed + 1, tree_parents))
+                tokens.append([tok[b][c] for c in feed[b]])
+                hidden.extend(src[b][c] for c in feed[b])
+            outs = self._forward(views, tokens, torch.stack(hidden), [len(f) for f in feed], trees, all_rows=True)
+            newest = expand(outs, [(b, c) for b in range(B) for c in feed[b]])
+        for b, seq in enumerate(seqs):
+            # Best nodes first; a node is taken only after its parent (ties could otherwise break a path).
+            chosen: list[int] = []
+            taken: set[int] = set()
+            for c in sorted(range(len(tok[b])), key=lambda c: (-score[b][c], depth[b][c])):
+                if len(chosen) == budgets[b]:
+                    break
+                if parent[b][c] < 0 or parent[b][c] in taken:
+                    chosen.append(c)
+                    taken.add(c)
+            chosen.sort(key=lambda c: (depth[b][c], -score[b][c]))
+            index = {c: i for i, c in enumerate(chosen)}
+            seq.spec_tokens = [tok[b][c] for c in chosen]
+            seq.spec_parents = [index[parent[b][c]] if parent[b][c] >= 0 else -1 for c in chosen]
+            seq.spec_probs = None
+
+    def on_verified(self, seq: Sequence, num_accepted: int, path: list[int] | None = None) -> None:
+        """Draft KV past num_computed is stale by construction and rejected features are trimmed in
+        observe; an accepted tree path's features are moved to follow the sequence, as its keys were."""
+        st = self.states.get(seq.seq_id)
+        if not path or path == list(range(len(path))) or st is None or st.feats is None:
+            return
+        base = seq.num_tokens - len(path) - 1 - st.num_computed  # feature of the first tree node
+        if base < 1 or base + max(path) >= len(st.feats):
+            return  # features were not kept for this step (preemption): zeros later, still lossless
+        st.feats = torch.cat([st.feats[:base], st.feats[base + torch.tensor(path, device=st.feats.device)]])
 
     def release(self, seq: Sequence) -> None:
         st = self.states.pop(seq.seq_id, None)

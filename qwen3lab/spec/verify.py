@@ -5,6 +5,14 @@ replaced by the target's choice. Sampling (Leviathan et al. / Chen et al.): acce
 probability min(1, p(d)/q(d)); on rejection draw from normalize(max(p - q, 0)). Either way one more
 token comes from the target at the first unaccepted position, so the output distribution is the
 target's exactly. Target probabilities go through the same penalties and warpers as plain sampling.
+
+Trees (``verify_tree``): walking down from the last real token, the children of the current node
+are tried in order. Greedy: the child equal to the target's argmax is accepted. Sampling: tree
+drafts are deterministic (the draft's top tokens), i.e. each child is a proposal with q = one-hot,
+so child d is accepted with probability p(d) and on rejection p becomes normalize(p with p(d) = 0)
+before the next sibling is tried (SpecInfer's multi-candidate rule, as SGLang's target-only tree
+sampling does); if every child is rejected, the token is drawn from what is left of p. Each step is
+a rejection-sampling step whose residual is exactly the conditional, so the output is the target's.
 """
 
 from __future__ import annotations
@@ -57,3 +65,48 @@ def verify(logits: torch.Tensor, drafts: list[int], draft_probs: torch.Tensor | 
         out.append(int(torch.multinomial(p, 1, generator=generator).item()))
         return out, i
     raise AssertionError("unreachable: the loop always returns")
+
+
+def verify_tree(logits: torch.Tensor, drafts: list[int], parents: list[int], params: SamplingParams,
+                prompt_ids: list[int], output_ids: list[int], generator: torch.Generator,
+                banned: list[int] | None = None, min_tokens: int = 0) -> tuple[list[int], list[int]]:
+    """logits: [1 + len(drafts), vocab] at the last real token (row 0) and at each node (row 1 + j).
+
+    Returns (tokens to append: the accepted path then one target token, the accepted node indices).
+    """
+    children: dict[int, list[int]] = {}
+    for j, p in enumerate(parents):
+        children.setdefault(p, []).append(j)
+    history = list(output_ids)
+    out: list[int] = []
+    path: list[int] = []
+    node = -1
+    while True:
+        row = apply_penalties(logits[node + 1: node + 2].clone(), [params], [prompt_ids], [history])
+        if banned and len(history) < min_tokens:
+            row[0, banned] = float("-inf")
+        kids = children.get(node, [])
+        if params.temperature == 0:
+            token = int(row[0].argmax())
+            match = next((c for c in kids if drafts[c] == token), None)
+        else:
+            p = processed_probs(row, [params])[0].clone()
+            match = None
+            for c in kids:
+                d = drafts[c]
+                if torch.rand((), generator=generator).item() < float(p[d]):
+                    match = c
+                    break
+                p[d] = 0  # the residual of a one-hot proposal
+                total = p.sum()
+                if total <= 0:  # only when p(d) was 1 up to rounding; then d is the answer
+                    match = c
+                    break
+                p /= total
+            token = drafts[match] if match is not None else int(torch.multinomial(p, 1, generator=generator).item())
+        out.append(token)
+        if match is None:
+            return out, path
+        history.append(token)
+        path.append(match)
+        node = match
