@@ -80,6 +80,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", help="target dtype when measuring (bfloat16 uses the CPU kernels)")
     ap.add_argument("--eval-only", action="store_true", help="measure OUT/draft, trained by an earlier run")
     ap.add_argument("--train-only", action="store_true", help="stop after training (measure later, quietly)")
+    ap.add_argument("--chains", default="1,2,3,4,5", help="chain lengths k to measure")
+    ap.add_argument("--trees", default="", help="token trees to measure, NUM_TOKENS:TOPK:NUM_STEPS comma-separated, "
+                                                "e.g. 8:4:4,12:4:5")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,9 +115,13 @@ def main() -> None:
     # runs and the faster of the two is the baseline (the conservative speedup).
     print(f"plain: {base_tps:.2f} tok/s", flush=True)
     results["eagle3"] = {}
-    for k in range(1, 6):
+    configs = [(k, {"num_tokens": int(k)}) for k in args.chains.split(",") if k]
+    for t in filter(None, args.trees.split(",")):
+        n, topk, steps = (int(x) for x in t.split(":"))
+        configs.append((f"tree {t}", {"num_tokens": n, "topk": topk, "num_steps": steps}))
+    for k, spec in configs:
         llm = LLM(None, dtype=args.dtype, max_num_seqs=1,
-                  speculative={"method": "eagle3", "model": str(out / "draft"), "num_tokens": k})
+                  speculative={"method": "eagle3", "model": str(out / "draft"), **spec})
         outs, tps = timed(llm, chats, args.eval_tokens)
         same = [o.token_ids for o in outs] == [o.token_ids for o in base]
         steps = sum(o.outputs[0].spec_steps for o in outs)

@@ -90,11 +90,11 @@ def exact_second_token_distribution(llm: LLM, prompt: list[int], vocab: int) -> 
     return sum(p1[t] * llm.logits(prompt + [t])[-1].softmax(-1) for t in range(vocab))
 
 
-def sharp_checkpoint(folder, seed, vocab):
+def sharp_checkpoint(folder, seed, vocab, scale=8):
     """An untied random model with a scaled head: peaked next-token distributions that differ per seed."""
     path = save_reference(folder, "qwen3", seed=seed, vocab_size=vocab, **{**TINY, "tie_word_embeddings": False})[0]
     weights = load_file(path / "model.safetensors")
-    weights["lm_head.weight"] *= 8
+    weights["lm_head.weight"] *= scale
     save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
     return str(path)
 
@@ -264,3 +264,39 @@ def test_greedy_output_is_identical_with_ngram_trees(target, dtype):
     trees = [p for p in paths if p is not None]
     assert trees and fast.engine.spec_stats["accepted"] > 0
     assert any(p != list(range(len(p))) for p in trees), "no accepted path left the first branch"
+
+
+def test_sampling_distribution_matches_target_with_trees(tmp_path, monkeypatch):
+    """Tree drafts (n-gram tries: a prompt where every token was followed by several others) verified
+    with the one-hot multi-candidate rule: the second generated token is distributed as the target's."""
+    import qwen3lab.engine.llm_engine as engine_module
+
+    vocab, n = 24, 2000
+    target = sharp_checkpoint(tmp_path / "t", 2, vocab, scale=16)
+    # A prompt the target wrote itself: its earlier continuations of a token are the likely ones, so
+    # tree nodes are accepted often (and later siblings too).
+    prompt = [3, 7] + LLM(target, dtype="float32").generate(
+        [[3, 7]], SamplingParams(max_tokens=80, temperature=1.0, seed=4, ignore_eos=True))[0].token_ids
+    # The first token comes from the prompt's step; the second from verifying a tree of up to 3 nodes.
+    params = SamplingParams(n=n, max_tokens=5, temperature=1.0, seed=12, ignore_eos=True)
+    llm = LLM(target, dtype="float32", max_num_seqs=256,
+              speculative={"method": "ngram", "num_tokens": 4, "topk": 4, "max_ngram": 1})
+    paths, verify_tree = [], engine_module.verify_tree
+    monkeypatch.setattr(engine_module, "verify_tree", lambda *a, **k: (r := verify_tree(*a, **k), paths.append(r[1]))[0])
+    outs = llm.generate([prompt], params)[0].outputs
+    assert len(paths) > n // 4 and sum(bool(p) for p in paths) > n // 10  # nodes are accepted often
+    assert any(p and p[0] > 0 for p in paths)  # later siblings too
+    # The second token comes from the tree's root row, the third (when the second was a node) from
+    # that node's row: the second's distribution and the joint of both are checked against the target's.
+    with torch.inference_mode():
+        p1 = llm.logits(prompt)[-1].softmax(-1)
+        p2 = torch.stack([llm.logits(prompt + [t])[-1].softmax(-1) for t in range(vocab)])
+        p3 = torch.stack([torch.stack([llm.logits(prompt + [a, b])[-1].softmax(-1) for b in range(vocab)])
+                          for a in range(vocab)])
+    second, joint = p1 @ p2, torch.einsum("a,ab,abc->bc", p1, p2, p3).reshape(-1)
+    # (A node's logits taken from the wrong row reads 1.6x the noise on the joint with these seeds.)
+    for exact, cell, bound in ((second, lambda t: t[1], 1.6), (joint, lambda t: t[1] * vocab + t[2], 1.4)):
+        empirical = torch.bincount(torch.tensor([cell(o.token_ids) for o in outs]), minlength=len(exact)) / n
+        tv = 0.5 * (empirical - exact).abs().sum().item()
+        noise = 0.5 * torch.sqrt(2 * exact * (1 - exact) / (torch.pi * n)).sum().item()
+        assert tv < bound * noise, (tv, noise)
