@@ -5,6 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
+import pytest
 
 from checkpoints import save_reference
 from qwen3lab import LLM, SamplingParams
@@ -12,16 +13,17 @@ from qwen3lab.serve import ServerConfig, build_app
 from serve_fixtures import KEY, ServerThread, raw
 
 
-def test_speculative_server_under_concurrent_load_matches_plain_greedy(tmp_path):
-    """n-gram speculation inside the server's continuous batches: every greedy answer equals plain
-    decoding, and the drafting shows up in /metrics."""
+@pytest.mark.parametrize("tree", [{}, {"topk": 3, "num_tokens": 6}])
+def test_speculative_server_under_concurrent_load_matches_plain_greedy(tmp_path, tree):
+    """n-gram speculation (chains, and token trees) inside the server's continuous batches: every greedy
+    answer equals plain decoding, and the drafting shows up in /metrics."""
     folder = save_reference(tmp_path, "qwen3", num_hidden_layers=2, hidden_size=64, intermediate_size=128,
                             num_attention_heads=4, num_key_value_heads=2, head_dim=16)[0]
     reference = LLM(str(folder), dtype="float32", max_model_len=2048, kv_cache_memory_gb=0.25)
     llm = LLM(str(folder), dtype="float32", max_model_len=2048, kv_cache_memory_gb=0.25, max_num_seqs=4,
-              speculative={"method": "ngram", "num_tokens": 4})
+              speculative={"method": "ngram", "num_tokens": 4, **tree})
     config = ServerConfig(served_model_names=["tiny"], api_key=KEY, max_body_bytes=2**20)
-    prompts = [f"item {i}: one two three four one two three four one two" for i in range(8)]
+    prompts = [f"item {i}: one two three four one two five six one two three four one two" for i in range(8)]
     want = [o.text for o in reference.generate(prompts, SamplingParams(max_tokens=24, temperature=0,
                                                                       ignore_eos=True))]
     with ServerThread(build_app(llm, config)) as s:
