@@ -232,6 +232,21 @@ inline void int4_add_block(__m512* acc, Dot dot, const uint16_t* sg, const uint1
   }
 }
 
+// Software prefetch of every cache line of the block kInt4AheadBytes on (and of its group's scale and
+// zero vectors): one line per block, as before, left 3 of 4 lines to the hardware prefetcher and ran
+// at 13-14 GB/s on 19456 x 2560 g32 at one row; all lines reach 17-18 GB/s.
+constexpr int64_t kInt4AheadBytes = 6144;
+template <int KT>
+inline void int4_prefetch(const uint8_t* src, const uint16_t* sg, const uint16_t* zg, int64_t blk, int64_t per_group) {
+  constexpr int64_t ahead = kInt4AheadBytes / (KT * 8);  // blocks
+  _Pragma("GCC unroll 8") for (int l = 0; l < KT / 8; ++l)
+    _mm_prefetch(reinterpret_cast<const char*>(src + ahead * KT * 8 + 64 * l), _MM_HINT_T0);
+  if ((blk + ahead) % (2 * per_group) == 0) {  // 64 bytes hold two groups' vectors
+    _mm_prefetch(reinterpret_cast<const char*>(sg + (blk + ahead) / per_group * 16), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(zg + (blk + ahead) / per_group * 16), _MM_HINT_T0);
+  }
+}
+
 template <int M, int KT>
 void int4_amx_groups(const int8_t* xq, const float* d, const float* bsum, int64_t K, const uint8_t* W,
                      const uint16_t* s, const uint16_t* z, int64_t G, int64_t group_size, int64_t g0, int64_t g1,
@@ -242,10 +257,10 @@ void int4_amx_groups(const int8_t* xq, const float* d, const float* bsum, int64_
   alignas(64) uint8_t bbuf[2][2][kRows][64];
   alignas(64) int32_t cbuf[2][16][16];
   const __m512i low4 = _mm512_set1_epi8(0x0F);
-  auto unpack = [&](const uint8_t* wg, int64_t b, uint8_t (*dst)[kRows][64]) {
+  auto unpack = [&](const uint8_t* wg, const uint16_t* sg, const uint16_t* zg, int64_t b, uint8_t (*dst)[kRows][64]) {
     for (int u = 0; u < 2 && b + u < NB; ++u) {
       const uint8_t* src = wg + (b + u) * (KT * 8);
-      _mm_prefetch(reinterpret_cast<const char*>(src + 16 * KT * 8), _MM_HINT_T0);
+      int4_prefetch<KT>(src, sg, zg, b + u, per_group);
       for (int t = 0; t < kRows / 2; ++t) {
         const __m512i v = _mm512_loadu_si512(src + t * 64);
         _mm512_store_si512(dst[u][2 * t], _mm512_and_si512(v, low4));
@@ -259,7 +274,7 @@ void int4_amx_groups(const int8_t* xq, const float* d, const float* bsum, int64_
     const uint16_t* zg = z + g * G * 16;
     __m512 acc[M];
     for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
-    unpack(wg, 0, bbuf[0]);
+    unpack(wg, sg, zg, 0, bbuf[0]);
     for (int64_t b = 0, it = 0; b < NB; b += 2, ++it) {
       const int nb = b + 1 < NB ? 2 : 1;
       uint8_t (*cur)[kRows][64] = bbuf[it & 1];
@@ -275,7 +290,7 @@ void int4_amx_groups(const int8_t* xq, const float* d, const float* bsum, int64_
       }
       _tile_stored(0, cbuf[0], 64);
       if (nb == 2) _tile_stored(3, cbuf[1], 64);
-      if (b + 2 < NB) unpack(wg, b + 2, bbuf[(it + 1) & 1]);
+      if (b + 2 < NB) unpack(wg, sg, zg, b + 2, bbuf[(it + 1) & 1]);
       for (int u = 0; u < nb; ++u)
         int4_add_block<M>(acc, [&](int m) { return _mm512_load_si512(cbuf[u][m]); }, sg, zg, (b + u) / per_group, d,
                           bsum, b + u);
@@ -301,7 +316,7 @@ void int4_vnni_groups(const int8_t* xq, const float* d, const float* bsum, int64
     for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
     for (int64_t blk = 0; blk < NB; ++blk) {
       const uint8_t* src = wg + blk * (KT * 8);
-      _mm_prefetch(reinterpret_cast<const char*>(src + 8 * KT * 8), _MM_HINT_T0);
+      int4_prefetch<KT>(src, sg, zg, blk, per_group);
       // Two int32 sums per row (low / high nibble rows): half the dependency chain, and integer sums
       // are exact, so the total is the same.
       __m512i dot[M], dot2[M];
