@@ -130,3 +130,41 @@ def test_kv_pool_takes_memory_only_where_written():
     assert cache.k[7].abs().max() == 0 and cache.v[35].abs().max() == 0  # reads as zeros
     cache.write(3, torch.tensor([17]), torch.ones(1, 8, 128), torch.full((1, 8, 128), 2.0))
     assert cache.k[3][17].sum() == 1024 and cache.v[3][17].sum() == 2048 and cache.k[4][17].sum() == 0
+
+
+def test_freed_blocks_without_a_prefix_key_give_their_memory_back():
+    """Blocks nobody can reuse (no prefix-cache key) are discarded when freed: their pages leave the
+    process and read as zeros, while neighbouring and still-cached blocks keep their keys and values."""
+    import types
+
+    import torch
+
+    from qwen3lab.engine.kv_cache import PagedKVCache
+
+    def rss_gb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096 / 2**30
+
+    cfg = types.SimpleNamespace(num_hidden_layers=36, num_key_value_heads=8, head_dim=128)
+    cache = PagedKVCache(cfg, num_blocks=200, block_size=16, dtype=torch.bfloat16)
+    bm = BlockManager(200, 16, enable_prefix_caching=True)
+    discarded = []
+    bm.on_discard = lambda blocks: (discarded.extend(blocks), cache.discard(blocks))
+    s = seq(list(range(100)))  # 6 full blocks (keyed once computed) and a partial one
+    assert bm.allocate(s, 512)
+    slots = torch.tensor([b * 16 + i for b in s.block_table for i in range(16)])
+    before = rss_gb()
+    for layer in range(36):
+        cache.write(layer, slots, torch.ones(len(slots), 8, 128), torch.ones(len(slots), 8, 128))
+    peak = rss_gb()
+    assert peak - before > 0.06  # 512 tokens x 36 layers x keys and values x 2 KB = 72 MB
+    s.num_computed = 100
+    bm.register(s)
+    keyed, table = s.block_table[:6], list(s.block_table)
+    bm.release(s)
+    assert sorted(discarded) == sorted(table[6:])
+    assert peak - rss_gb() > 0.05  # 26 of the 32 blocks went back
+    for b in table[6:]:
+        assert cache.k[0][b * 16: b * 16 + 16].abs().max() == 0 and cache.v[35][b * 16: b * 16 + 16].abs().max() == 0
+    for b in keyed:  # the prefix cache still holds these
+        assert cache.k[20][b * 16: b * 16 + 16].min() == 1 and cache.v[35][b * 16: b * 16 + 16].min() == 1

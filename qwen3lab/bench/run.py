@@ -98,7 +98,7 @@ def print_table(report: dict) -> None:
     m = report["machine"]
     print(f"Qwen3-{report['model']['size']} random weights | {m['threads']} threads | "
           f"machine read bandwidth {m['read_bandwidth_gb_s'] or float('nan'):.1f} GB/s")
-    head = f"{'engine':<13}{'prec':<6}{'prefill':>9}{'decode':>9}{'b4':>8}{'b8':>8}{'RSS GB':>8}{'dRSS':>6}{'/W':>6}{'BW %':>7}  ours/peer (decode, prefill)"
+    head = f"{'engine':<13}{'prec':<6}{'prefill':>9}{'decode':>9}{'b4':>8}{'b8':>8}{'RSS GB':>8}{'dRSS':>6}{'/W':>6}{'bRSS':>6}{'BW %':>7}  ours/peer (decode, prefill)"
     print(head)
     print("-" * len(head))
     for r in report["rows"]:
@@ -115,10 +115,12 @@ def print_table(report: dict) -> None:
         per_w = (f"{r['decode_peak_rss_gb'] * 2**30 / r['weight_bytes_per_token']:.2f}"
                  if r.get("decode_peak_rss_gb") and r.get("weight_bytes_per_token") else "-")
         print(f"{r['engine']:<13}{r['precision']:<6}{f('prefill_tok_s', 9, '{:.1f}')}{f('decode_tok_s', 9)}"
-              f"{f('decode_b4_tok_s', 8)}{f('decode_b8_tok_s', 8)}{f('peak_rss_gb', 8, '{:.1f}')}{f('decode_peak_rss_gb', 6, '{:.1f}')}{per_w:>6}{bw:>7}  {ratio_s}")
+              f"{f('decode_b4_tok_s', 8)}{f('decode_b8_tok_s', 8)}{f('peak_rss_gb', 8, '{:.1f}')}{f('decode_peak_rss_gb', 6, '{:.1f}')}{per_w:>6}"
+              f"{f('batch_peak_rss_gb', 6, '{:.1f}')}{bw:>7}  {ratio_s}")
         if r.get("verify_cost"):
             cost = ", ".join(f"k={k}: {v:.2f}" for k, v in r["verify_cost"].items())
             print(f"    verify k+1 tokens / decode 1 token: {cost}")
     print("tok/s; decode = batch 1; b4/b8 = aggregate decode of 4/8 sequences; RSS = the process's peak (load "
-          "included), dRSS = peak while decoding, /W = dRSS / weight bytes; BW % = weight bytes per decode "
+          "included), dRSS = peak while decoding at batch 1, /W = dRSS / weight bytes, bRSS = peak during the "
+          "batch runs (their prompts included); BW % = weight bytes per decode "
           "step x decode rate / measured read bandwidth")

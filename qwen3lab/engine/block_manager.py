@@ -4,7 +4,9 @@ Blocks are reference-counted. A full block is keyed by a hash of its tokens chai
 previous block's key (the first block with the sequence's ``cache_salt``, e.g. its LoRA adapter,
 whose keys and values differ from the base model's), so two prompts that share a prefix share its
 blocks. A block whose count drops to zero keeps its key and sits in the free list as evictable:
-reused if the same prefix comes back, recycled least-recently-freed first otherwise.
+reused if the same prefix comes back, recycled least-recently-freed first otherwise. Freed blocks
+without a key hold nothing anyone can reuse: they are passed to ``on_discard`` (the engine hands
+their memory back to the OS).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class BlockManager:
         self.free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
         self.hit_tokens = 0  # prefix-cache statistics, for metrics
         self.queried_tokens = 0
+        self.on_discard = None  # called with freed blocks whose contents nothing can reuse
 
     @property
     def num_free(self) -> int:
@@ -105,8 +108,13 @@ class BlockManager:
 
     def release(self, seq: Sequence) -> None:
         # Tail blocks are freed first so they are evicted before the shared prefix blocks.
+        garbage = []
         for block in reversed(seq.block_table):
             self.ref[block] -= 1
             if self.ref[block] == 0:
                 self.free[block] = None
+                if self.key[block] is None:
+                    garbage.append(block)
         seq.block_table, seq.block_hashes = [], []
+        if garbage and self.on_discard is not None:
+            self.on_discard(garbage)

@@ -26,12 +26,13 @@ def _zeroed(shape: tuple, dtype: torch.dtype, device: torch.device):
     torch.zeros writes every byte, so a pool sized for the worst case would be resident from the start
     (measured: 2 GB of RSS for a 2 GB pool holding one short sequence). Pages of an anonymous mapping
     read as zeros and take memory only once written, so the pool costs what the sequences use, as
-    llama.cpp's and vLLM's users expect from a CPU process.
+    llama.cpp's and vLLM's users expect from a CPU process. Private, so that ``discard`` can give
+    pages back (a shared mapping keeps them in its shmem object).
     """
     nbytes = math.prod(shape) * dtype.itemsize
     if device.type != "cpu" or nbytes == 0:
         return torch.zeros(shape, dtype=dtype, device=device), None
-    mapping = mmap.mmap(-1, nbytes)
+    mapping = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     return torch.frombuffer(mapping, dtype=torch.uint8).view(dtype).view(shape), mapping
 
 
@@ -54,6 +55,26 @@ class PagedKVCache:
         # 2-core machine, index_copy_ 5-9 us.
         self.k[layer].index_copy_(0, slots, k.to(self.dtype))
         self.v[layer].index_copy_(0, slots, v.to(self.dtype))
+
+    def discard(self, blocks: list[int]) -> None:
+        """Give the memory of freed blocks back to the OS; their slots read as zeros again. Only whole
+        pages inside runs of consecutive blocks go (a 16-token block of Qwen3-4B is 32 KB per layer)."""
+        if self._mapping is None or not blocks:
+            return
+        plane = self.k[0].numel() * self.k[0].element_size()  # one layer's keys (or values)
+        per_block, page = plane // self.num_blocks, mmap.PAGESIZE
+        blocks = sorted(blocks)
+        runs, start = [], blocks[0]
+        for a, b in zip(blocks, blocks[1:] + [None]):
+            if b != a + 1:
+                runs.append((start, a + 1))
+                start = b
+        for p in range(2 * len(self.k)):
+            for b0, b1 in runs:
+                lo = -(-(p * plane + b0 * per_block) // page) * page
+                hi = (p * plane + b1 * per_block) // page * page
+                if hi > lo:
+                    self._mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     def move(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         """Copy every layer's keys/values from flat slots ``src`` to ``dst`` (an accepted tree path

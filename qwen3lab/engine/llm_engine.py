@@ -54,6 +54,7 @@ class LLMEngine:
             self.max_model_len = num_blocks * bs
         self.cache = PagedKVCache(cfg, num_blocks, bs, dtype, device)
         self.blocks = BlockManager(num_blocks, bs, settings.enable_prefix_caching)
+        self.blocks.on_discard = self.cache.discard  # finished sequences' KV memory goes back to the OS
         self.scheduler = Scheduler(self.blocks, settings.max_num_seqs, settings.max_num_batched_tokens)
         self.runner = ModelRunner(model, self.cache, device)
         self.drafter = drafter
