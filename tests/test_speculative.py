@@ -40,6 +40,8 @@ PROMPTS = [
     {"method": "ngram", "num_tokens": 4},
     {"method": "draft", "num_tokens": 3},
     {"method": "draft", "num_tokens": 5, "same": True},
+    {"method": "draft", "num_tokens": 6, "topk": 3, "num_steps": 3},
+    {"method": "draft", "num_tokens": 6, "topk": 2, "num_steps": 4, "same": True},
 ])
 def test_greedy_output_is_identical(target, draft, spec):
     spec = dict(spec)
@@ -50,8 +52,11 @@ def test_greedy_output_is_identical(target, draft, spec):
     assert [o.token_ids for o in outs] == plain
     stats = fast.engine.spec_stats
     assert stats["steps"] > 0
-    if spec["method"] == "draft" and spec["model"] == target:
+    if spec["method"] == "draft" and spec["model"] == target and "topk" not in spec:
         assert stats["accepted"] == stats["drafted"]  # the target drafting for itself is always right
+    if spec["method"] == "draft" and spec["model"] == target and "topk" in spec:
+        # Its own top-1 token is the tree's best node, so it is drafted and accepted at every step.
+        assert stats["accepted"] >= stats["steps"] - len(PROMPTS)
     if spec["method"] == "ngram":
         assert outs[1].outputs[0].spec_accepted > 0  # the repeated pattern is found and accepted
 
@@ -65,7 +70,8 @@ def test_greedy_output_is_identical_in_bf16(target, quantization):
     kw = dict(dtype="bfloat16", quantization=quantization, max_num_seqs=2)
     params = SamplingParams(max_tokens=48, temperature=0.0, ignore_eos=True)
     plain = [o.token_ids for o in LLM(target, **kw).generate(PROMPTS, params)]
-    for spec in ({"method": "ngram", "num_tokens": 4}, {"method": "draft", "model": target, "num_tokens": 5}):
+    for spec in ({"method": "ngram", "num_tokens": 4}, {"method": "draft", "model": target, "num_tokens": 5},
+                 {"method": "draft", "model": target, "num_tokens": 6, "topk": 2, "num_steps": 3}):
         fast = LLM(target, speculative=spec, **kw)
         assert [o.token_ids for o in fast.generate(PROMPTS, params)] == plain, spec
         assert fast.engine.spec_stats["accepted"] > 0

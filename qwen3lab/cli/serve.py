@@ -62,7 +62,9 @@ def add_parser(sub) -> None:
                    help="KV-cache pool size (default: 4)")
     e.add_argument("--speculative", default=None, metavar="JSON",
                    help='lossless speculative decoding, e.g. \'{"method": "ngram", "num_tokens": 4}\' or '
-                        '\'{"method": "eagle3", "model": "DIR", "num_tokens": 4}\' (also "draft")')
+                        '\'{"method": "eagle3", "model": "DIR", "num_tokens": 4}\' (also "draft"); token trees with '
+                        '"topk" > 1, e.g. \'{"method": "eagle3", "model": "DIR", "num_tokens": 12, "topk": 4, '
+                        '"num_steps": 5}\'')
     p.set_defaults(func=run)
 
 

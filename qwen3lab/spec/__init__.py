@@ -16,13 +16,11 @@ __all__ = ["NgramDrafter", "verify", "verify_tree", "make_drafter"]
 
 def make_drafter(spec: dict, target, max_model_len: int, max_num_seqs: int, dtype, device):
     """Build a drafter from ``{"method": "ngram"|"draft"|"eagle3", "model": ..., "num_tokens": k}``;
-    EAGLE3 also takes ``"topk"`` and ``"num_steps"`` for token trees (k nodes, branching topk, depth num_steps)."""
+    ``"topk"`` > 1 drafts token trees (k nodes; EAGLE3 and draft models also take ``"num_steps"``, the depth)."""
     method = spec.get("method")
     k = int(spec.get("num_tokens", 4))
     if k < 1:
         raise ValueError(f"speculative num_tokens must be >= 1, got {k}")
-    if method == "draft" and int(spec.get("topk", 1)) != 1:
-        raise ValueError("speculative topk > 1 (token trees) is built for methods 'eagle3' and 'ngram', not 'draft'")
     if method == "ngram":
         return NgramDrafter(k, max_ngram=int(spec.get("max_ngram", 4)), min_ngram=int(spec.get("min_ngram", 1)),
                             topk=int(spec.get("topk", 1)))
@@ -36,8 +34,10 @@ def make_drafter(spec: dict, target, max_model_len: int, max_num_seqs: int, dtyp
         if ckpt.config.vocab_size < target.config.vocab_size - 1024:
             raise ValueError(f"draft model {spec['model']} has vocab {ckpt.config.vocab_size}, the target "
                              f"{target.config.vocab_size}: a draft must share the target's tokenizer")
+        steps = spec.get("num_steps")
         return DraftModelDrafter(ckpt.model, k, dtype, max_model_len, max_num_seqs,
-                                 float(spec.get("kv_cache_memory_gb", 1.0)), device)
+                                 float(spec.get("kv_cache_memory_gb", 1.0)), device, topk=int(spec.get("topk", 1)),
+                                 num_steps=int(steps) if steps is not None else None)
     if method == "eagle3":
         from .eagle3 import Eagle3Drafter
 

@@ -4,6 +4,10 @@ The draft model keeps its own paged KV cache and, per target sequence, how many 
 computed. Each step it catches up on the tokens the target accepted (one prefill row), then
 drafts one token at a time; after verification its computed count is cut back to the accepted
 prefix, which is the rollback.
+
+With ``topk`` > 1 it grows a token tree instead (``tree.DraftTree``, EAGLE-2's rule on the draft
+model's own log-probabilities): each step feeds the k best newest nodes together as a tree in the
+draft's cache. The tree's keys are never kept; the next step feeds the accepted tokens again.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import torch
 from ..engine.block_manager import BlockManager
 from ..engine.kv_cache import PagedKVCache, bytes_per_block
 from ..engine.sequence import Sequence
-from ..model import AttentionMetadata, CausalLM
+from ..model import AttentionMetadata, CausalLM, TokenTree
 from ..sampling import processed_probs
+from .tree import DraftTree
 
 
 @dataclass(eq=False)
@@ -28,8 +33,15 @@ class _DraftState:
 
 class DraftModelDrafter:
     def __init__(self, model: CausalLM, num_tokens: int, dtype: torch.dtype, max_model_len: int,
-                 max_num_seqs: int, kv_cache_memory_gb: float = 1.0, device="cpu", block_size: int = 16):
+                 max_num_seqs: int, kv_cache_memory_gb: float = 1.0, device="cpu", block_size: int = 16,
+                 topk: int = 1, num_steps: int | None = None):
         self.model, self.num_tokens, self.device = model, num_tokens, torch.device(device)
+        if topk < 1:
+            raise ValueError(f"speculative topk must be >= 1, got {topk}")
+        self.topk = topk
+        self.num_steps = num_steps if num_steps is not None else (num_tokens if topk == 1 else min(num_tokens, 4))
+        if self.num_steps < 1:
+            raise ValueError(f"speculative num_steps must be >= 1, got {self.num_steps}")
         if self.device.type == "cpu":  # the target's decode path: fused projections and the CPU kernels
             from ..kernels import install
             from ..model.fuse import fuse_projections
@@ -38,15 +50,17 @@ class DraftModelDrafter:
             install(model)
         cfg = model.config
         per_block = bytes_per_block(cfg, block_size, dtype)
-        wanted = -(-max_num_seqs * (max_model_len + num_tokens) // block_size)
+        wanted = -(-max_num_seqs * (max_model_len + max(num_tokens, topk * self.num_steps)) // block_size)
         num_blocks = max(1, min(wanted, int(kv_cache_memory_gb * 2**30 // per_block)))
         self.cache = PagedKVCache(cfg, num_blocks, block_size, dtype, device)
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
         self.states: dict[int, _DraftState] = {}
 
     @torch.inference_mode()
-    def _forward(self, states: list[_DraftState], new: list[list[int]]) -> torch.Tensor:
-        """Feed new tokens per state; return logits at each row's last new token [B, vocab]."""
+    def _forward(self, states, new: list[list[int]], trees: list[TokenTree] | None = None,
+                 all_rows: bool = False) -> torch.Tensor:
+        """Feed new tokens per state; return logits at each row's last new token [B, vocab] (at every
+        new token with ``all_rows``)."""
         cfg = self.model.config
         lens = [len(n) for n in new]
         ctx = [s.num_computed + n for s, n in zip(states, lens)]
@@ -54,13 +68,14 @@ class DraftModelDrafter:
             if not self.blocks.allocate(s, c):
                 raise RuntimeError("draft model KV cache is full: raise speculative kv_cache_memory_gb")
         meta = AttentionMetadata.build(lens, ctx, cfg.layer_types, cfg.sliding_window,
-                                       [s.block_table for s in states], self.cache.block_size, self.device)
+                                       [s.block_table for s in states], self.cache.block_size, self.device, trees)
         ids = torch.tensor([t for n in new for t in n], device=self.device)
         hidden = self.model(ids, meta, self.cache)
-        last = torch.tensor([st + n - 1 for st, n in zip(meta.starts, lens)], device=self.device)
         for s, c in zip(states, ctx):
             s.num_computed = c
-        return self.model.compute_logits(hidden[last]).cpu()
+        if not all_rows:
+            hidden = hidden[torch.tensor([st + n - 1 for st, n in zip(meta.starts, lens)], device=self.device)]
+        return self.model.compute_logits(hidden).cpu()
 
     def propose(self, seqs: list[Sequence], budgets: list[int]) -> None:
         states = []
@@ -70,6 +85,9 @@ class DraftModelDrafter:
             st.num_computed = min(st.num_computed, len(st.tokens) - 1)
             states.append(st)
         new = [st.tokens[st.num_computed:] for st in states]
+        if self.topk > 1:
+            self._propose_tree(seqs, budgets, states, new)
+            return
         drafts: list[list[int]] = [[] for _ in seqs]
         probs: list[list[torch.Tensor]] = [[] for _ in seqs]
         active = list(range(len(seqs)))
@@ -96,6 +114,30 @@ class DraftModelDrafter:
             seq.spec_tokens = d
             seq.spec_probs = torch.stack(pr) if pr and seq.params.temperature != 0 else None
 
+    @torch.inference_mode()
+    def _propose_tree(self, seqs: list[Sequence], budgets: list[int], states: list[_DraftState],
+                      new: list[list[int]]) -> None:
+        logp = torch.log_softmax(self._forward(states, new), dim=-1)  # catch up: every real token computed
+        prefix = [st.num_computed for st in states]
+        trees = [DraftTree(self.topk) for _ in seqs]
+        for b, t in enumerate(trees):
+            t.add_children(-1, logp[b])
+        for _ in range(1, min(self.num_steps, max(budgets))):
+            feeds = [t.feed() for t in trees]
+            views = [_TreeView(st, p + len(t.fed) - len(f)) for st, p, t, f in zip(states, prefix, trees, feeds)]
+            shapes = [TokenTree(p, t.fed_parents()) for p, t in zip(prefix, trees)]
+            logp = torch.log_softmax(self._forward(views, [[t.tokens[c] for c in f] for t, f in zip(trees, feeds)],
+                                                   shapes, all_rows=True), dim=-1)
+            row = 0
+            for t, f in zip(trees, feeds):
+                for c in f:
+                    t.add_children(c, logp[row])
+                    row += 1
+        for seq, st, p, t, budget in zip(seqs, states, prefix, trees, budgets):
+            st.num_computed = p  # the tree's keys are not kept
+            seq.spec_tokens, seq.spec_parents = t.select(budget)
+            seq.spec_probs = None
+
     def on_verified(self, seq: Sequence, num_accepted: int, path: list[int] | None = None) -> None:
         st = self.states.get(seq.seq_id)
         if st is not None:  # keep the keys of the accepted prefix only
@@ -106,3 +148,18 @@ class DraftModelDrafter:
         if st is not None:
             self.blocks.release(st)
 
+
+
+class _TreeView:
+    """A state seen ``num_computed`` slots in (after the part of a tree fed so far), sharing its blocks."""
+
+    def __init__(self, state: _DraftState, num_computed: int):
+        self.state, self.num_computed = state, num_computed
+
+    @property
+    def block_table(self) -> list[int]:
+        return self.state.block_table
+
+    @block_table.setter
+    def block_table(self, value: list[int]) -> None:
+        self.state.block_table = value

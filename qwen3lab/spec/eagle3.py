@@ -44,6 +44,7 @@ from ..model import AttentionMetadata, TokenTree
 from ..sampling import processed_probs
 from .eagle3_io import load_eagle3
 from .eagle3_model import Eagle3Model
+from .tree import DraftTree
 
 
 @dataclass(eq=False)
@@ -196,66 +197,28 @@ class Eagle3Drafter:
             seq.spec_probs = torch.stack(pr) if pr and pr[0] is not None else None
 
     def _propose_tree(self, seqs: list[Sequence], budgets: list[int], states: list[_State], h: torch.Tensor) -> None:
-        """EAGLE-2 dynamic tree from the root outputs h [B, hidden]; sets spec_tokens and spec_parents."""
-        K, B = self.topk, len(seqs)
-        # Candidates per sequence: token, parent candidate (-1: root), cumulative log-prob, depth, and
-        # the draft output row it was predicted from (its hidden input if it is expanded).
-        tok: list[list[int]] = [[] for _ in range(B)]
-        parent: list[list[int]] = [[] for _ in range(B)]
-        score: list[list[float]] = [[] for _ in range(B)]
-        depth: list[list[int]] = [[] for _ in range(B)]
-        src: list[list[torch.Tensor]] = [[] for _ in range(B)]
-
-        def expand(outs: torch.Tensor, owners: list[tuple[int, int]]) -> list[list[int]]:
-            """Top-k children of each output row; owners[r] = (sequence, candidate or -1). Returns the new
-            candidates per sequence."""
+        """EAGLE-2 dynamic tree from the root outputs h [B, hidden]; sets spec_tokens and spec_parents.
+        A fed candidate's hidden input is the draft output it was predicted from."""
+        trees = [DraftTree(self.topk) for _ in seqs]
+        logp = torch.log_softmax(self.model.compute_logits(h), dim=-1)
+        for b, t in enumerate(trees):
+            t.add_children(-1, logp[b], self.target_ids, h[b])
+        for _ in range(1, min(self.num_steps, max(budgets))):
+            feeds = [t.feed() for t in trees]
+            # Each sequence's fed tree continues right after its computed rows (the last one is the root).
+            views = [_Chain(st, len(t.fed) - len(f) + 2) for st, t, f in zip(states, trees, feeds)]
+            shapes = [TokenTree(st.num_computed + 1, t.fed_parents()) for st, t in zip(states, trees)]
+            hidden = torch.stack([t.source[c] for t, f in zip(trees, feeds) for c in f])
+            outs = self._forward(views, [[t.tokens[c] for c in f] for t, f in zip(trees, feeds)], hidden,
+                                 [len(f) for f in feeds], shapes, all_rows=True)
             logp = torch.log_softmax(self.model.compute_logits(outs), dim=-1)
-            vals, idx = logp.topk(K, dim=-1)
-            ids = self.target_ids[idx].tolist()
-            vals = vals.tolist()
-            new: list[list[int]] = [[] for _ in range(B)]
-            for r, (b, c) in enumerate(owners):
-                base, d = (score[b][c], depth[b][c]) if c >= 0 else (0.0, 0)
-                for j in range(K):
-                    new[b].append(len(tok[b]))
-                    tok[b].append(ids[r][j])
-                    parent[b].append(c)
-                    score[b].append(base + vals[r][j])
-                    depth[b].append(d + 1)
-                    src[b].append(outs[r])
-            return new
-
-        newest = expand(h, [(b, -1) for b in range(B)])
-        fed: list[list[int]] = [[] for _ in range(B)]  # candidates fed to the draft, in slot order
-        slot_of: list[dict[int, int]] = [{} for _ in range(B)]
-        for step in range(1, min(self.num_steps, max(budgets))):
-            feed = [sorted(newest[b], key=lambda c, b=b: -score[b][c])[:K] for b in range(B)]
-            views, trees, tokens, hidden = [], [], [], []
-            for b in range(B):
-                views.append(_Chain(states[b], len(fed[b]) + 2))  # slots after the tree fed so far
-                for c in feed[b]:
-                    slot_of[b][c] = len(fed[b])
-                    fed[b].append(c)
-                tree_parents = tuple(slot_of[b][parent[b][c]] if parent[b][c] >= 0 else -1 for c in fed[b])
-                trees.append(TokenTree(states[b].num_computed + 1, tree_parents))
-                tokens.append([tok[b][c] for c in feed[b]])
-                hidden.extend(src[b][c] for c in feed[b])
-            outs = self._forward(views, tokens, torch.stack(hidden), [len(f) for f in feed], trees, all_rows=True)
-            newest = expand(outs, [(b, c) for b in range(B) for c in feed[b]])
-        for b, seq in enumerate(seqs):
-            # Best nodes first; a node is taken only after its parent (ties could otherwise break a path).
-            chosen: list[int] = []
-            taken: set[int] = set()
-            for c in sorted(range(len(tok[b])), key=lambda c: (-score[b][c], depth[b][c])):
-                if len(chosen) == budgets[b]:
-                    break
-                if parent[b][c] < 0 or parent[b][c] in taken:
-                    chosen.append(c)
-                    taken.add(c)
-            chosen.sort(key=lambda c: (depth[b][c], -score[b][c]))
-            index = {c: i for i, c in enumerate(chosen)}
-            seq.spec_tokens = [tok[b][c] for c in chosen]
-            seq.spec_parents = [index[parent[b][c]] if parent[b][c] >= 0 else -1 for c in chosen]
+            row = 0
+            for t, f in zip(trees, feeds):
+                for c in f:
+                    t.add_children(c, logp[row], self.target_ids, outs[row])
+                    row += 1
+        for seq, t, budget in zip(seqs, trees, budgets):
+            seq.spec_tokens, seq.spec_parents = t.select(budget)
             seq.spec_probs = None
 
     def on_verified(self, seq: Sequence, num_accepted: int, path: list[int] | None = None) -> None:
