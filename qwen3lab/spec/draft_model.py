@@ -54,6 +54,7 @@ class DraftModelDrafter:
         num_blocks = max(1, min(wanted, int(kv_cache_memory_gb * 2**30 // per_block)))
         self.cache = PagedKVCache(cfg, num_blocks, block_size, dtype, device)
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
+        self.blocks.on_discard = self.cache.discard  # finished sequences' draft KV memory goes back to the OS
         self.states: dict[int, _DraftState] = {}
 
     @torch.inference_mode()

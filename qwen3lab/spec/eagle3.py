@@ -89,6 +89,7 @@ class Eagle3Drafter:
         num_blocks = max(1, min(wanted, int(kv_cache_memory_gb * 2**30 // per_block)))
         self.cache = PagedKVCache(base, num_blocks, block_size, dtype, device)
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
+        self.blocks.on_discard = self.cache.discard  # finished sequences' draft KV memory goes back to the OS
         self.states: dict[int, _State] = {}
         self.target_ids = model.draft_to_target(torch.arange(model.config.draft_vocab_size, device=model.d2t.device))
 
