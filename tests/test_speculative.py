@@ -270,6 +270,14 @@ def test_greedy_output_is_identical_with_ngram_trees(target, dtype):
     trees = [p for p in paths if p is not None]
     assert trees and fast.engine.spec_stats["accepted"] > 0
     assert any(p != list(range(len(p))) for p in trees), "no accepted path left the first branch"
+    if dtype == "float32":  # logprobs come from the accepted path's rows
+        lp = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True, logprobs=2)
+        want = [o.outputs[0].logprobs for o in LLM(target, dtype=dtype).generate(prompts, lp)]
+        got = [o.outputs[0].logprobs for o in fast.generate(prompts, lp)]
+        for gs, ws in zip(got, want):
+            assert [sorted(g) for g in gs] == [sorted(w) for w in ws]
+            for g, w in zip(gs, ws):
+                assert all(abs(g[t] - w[t]) < 1e-4 for t in w)
 
 
 def test_sampling_distribution_matches_target_with_trees(tmp_path, monkeypatch):
