@@ -15,7 +15,7 @@ import torch
 
 from ..config import GenerationDefaults
 from ..sampling import SamplingParams, sample
-from ..model.attention_metadata import _flat_index
+from ..model.attention_metadata import flat_index
 from ..spec import verify, verify_tree
 from ..tokenizer.incremental import IncrementalDetokenizer
 from .block_manager import BlockManager
@@ -227,11 +227,13 @@ class LLMEngine:
         for key, value in (("steps", 1), ("drafted", len(drafts)), ("accepted", emitted)):
             self.spec_stats[key] += value
         if not seq.is_finished:
-            if path is not None and path != list(range(accepted)):
-                # The accepted nodes' keys go to the slots right after the sequence they now extend.
-                moved = [(prefix + j, prefix + i) for i, j in enumerate(path) if i != j]
-                src, dst = (_flat_index(seq.block_table, torch.tensor(x), self.cache.block_size) for x in zip(*moved))
-                self.cache.move(src.to(self.cache.k[0].device), dst.to(self.cache.k[0].device))
+            # An accepted tree path's keys go to the slots right after the sequence it now extends.
+            moved = [(prefix + j, prefix + i) for i, j in enumerate(path or []) if i != j]
+            if moved:
+                device = self.cache.k[0].device
+                src, dst = (flat_index(seq.block_table, torch.tensor(x), self.cache.block_size).to(device)
+                            for x in zip(*moved))
+                self.cache.move(src, dst)
             # Keys past the accepted tokens are stale: the next step overwrites them.
             seq.num_computed = seq.num_tokens - 1
             if self.drafter is not None:

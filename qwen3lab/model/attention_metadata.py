@@ -126,7 +126,7 @@ class AttentionMetadata:
         positions = torch.cat(pos).to(device)
         slot_mapping = None
         if block_tables is not None:
-            slot_mapping = torch.cat([_flat_index(bt, s, block_size) for bt, s in zip(block_tables, slots)]).to(device)
+            slot_mapping = torch.cat([flat_index(bt, s, block_size) for bt, s in zip(block_tables, slots)]).to(device)
         meta = cls(positions, starts, list(new_lens), list(context_lens), slot_mapping)
         kinds = set(layer_types)
         # Same-length rows share one call; one-token rows (decodes) are the common large group. Rows
@@ -148,21 +148,22 @@ class AttentionMetadata:
         return meta
 
 
-def _flat_index(block_table: list[int], slots: torch.Tensor, block_size: int) -> torch.Tensor:
+def flat_index(block_table: list[int], slots: torch.Tensor, block_size: int) -> torch.Tensor:
     """A sequence's logical slots (0, 1, ...) -> flat cache indices."""
     bt = torch.tensor(block_table, dtype=torch.long)
     return bt[slots // block_size] * block_size + slots % block_size
 
 
+def _gather(block_tables, ctx_lens, S, block_size) -> torch.Tensor:
+    """[G, S] flat cache indices of each row's keys, padded past its context with its last key."""
+    keys = torch.arange(S)
+    return torch.stack([flat_index(bt, keys.clamp(max=ctx - 1), block_size) for bt, ctx in zip(block_tables, ctx_lens)])
+
+
 def _group(rows, n, ctx_lens, kinds, window, block_tables, block_size, device) -> RowGroup:
     cached = block_tables is not None
     S = max(ctx_lens) if cached else n
-    gather = None
-    if cached:
-        keys = torch.arange(S)
-        gather = torch.stack([
-            _flat_index(bt, keys.clamp(max=ctx - 1), block_size) for bt, ctx in zip(block_tables, ctx_lens)
-        ]).to(device)
+    gather = _gather(block_tables, ctx_lens, S, block_size).to(device) if cached else None
     q = torch.stack([torch.arange(ctx - n, ctx) if cached else torch.arange(n) for ctx in ctx_lens]).unsqueeze(-1)
     k = torch.arange(S).view(1, 1, S)
     causal = k <= q  # [G, T, S]; also hides keys past a shorter row's context
@@ -180,9 +181,7 @@ def _tree_group(rows, n, ctx_lens, trees, kinds, window, block_tables, block_siz
     SDPA and as per-token gather rows for the decode kernel, whose windows count keys by list index,
     which is the position along a root-to-node path."""
     G, S = len(rows), max(ctx_lens)
-    keys = torch.arange(S)
-    gather = torch.stack([_flat_index(bt, keys.clamp(max=ctx - 1), block_size)
-                          for bt, ctx in zip(block_tables, ctx_lens)])
+    gather = _gather(block_tables, ctx_lens, S, block_size)
     allowed = torch.zeros(G, n, S, dtype=torch.bool)
     qpos = torch.zeros(G, n, dtype=torch.long)
     kpos = torch.zeros(G, S, dtype=torch.long)

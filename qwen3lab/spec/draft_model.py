@@ -21,7 +21,7 @@ from ..engine.kv_cache import PagedKVCache, bytes_per_block
 from ..engine.sequence import Sequence
 from ..model import AttentionMetadata, CausalLM, TokenTree
 from ..sampling import processed_probs
-from .tree import DraftTree
+from .tree import DraftTree, SlotView
 
 
 @dataclass(eq=False)
@@ -125,7 +125,7 @@ class DraftModelDrafter:
             t.add_children(-1, logp[b])
         for _ in range(1, min(self.num_steps, max(budgets))):
             feeds = [t.feed() for t in trees]
-            views = [_TreeView(st, p + len(t.fed) - len(f)) for st, p, t, f in zip(states, prefix, trees, feeds)]
+            views = [SlotView(st, p + len(t.fed) - len(f)) for st, p, t, f in zip(states, prefix, trees, feeds)]
             shapes = [TokenTree(p, t.fed_parents()) for p, t in zip(prefix, trees)]
             logp = torch.log_softmax(self._forward(views, [[t.tokens[c] for c in f] for t, f in zip(trees, feeds)],
                                                    shapes, all_rows=True), dim=-1)
@@ -150,17 +150,3 @@ class DraftModelDrafter:
             self.blocks.release(st)
 
 
-
-class _TreeView:
-    """A state seen ``num_computed`` slots in (after the part of a tree fed so far), sharing its blocks."""
-
-    def __init__(self, state: _DraftState, num_computed: int):
-        self.state, self.num_computed = state, num_computed
-
-    @property
-    def block_table(self) -> list[int]:
-        return self.state.block_table
-
-    @block_table.setter
-    def block_table(self, value: list[int]) -> None:
-        self.state.block_table = value

@@ -44,7 +44,7 @@ from ..model import AttentionMetadata, TokenTree
 from ..sampling import processed_probs
 from .eagle3_io import load_eagle3
 from .eagle3_model import Eagle3Model
-from .tree import DraftTree
+from .tree import DraftTree, SlotView
 
 
 @dataclass(eq=False)
@@ -191,7 +191,7 @@ class Eagle3Drafter:
             active = [active[r] for r in nxt]
             # Chain step: the drafted token with the draft's own hidden state, one position on. Its KV
             # lands past num_computed, so it is overwritten next step instead of rolled back.
-            chain = [_Chain(states[i], step + 2) for i in active]
+            chain = [SlotView(states[i], states[i].num_computed + step + 1) for i in active]
             h = self._forward(chain, [[drafts[i][-1]] for i in active], h[nxt], [1] * len(active))
         for seq, d, pr in zip(seqs, drafts, probs):
             seq.spec_tokens = d
@@ -207,7 +207,7 @@ class Eagle3Drafter:
         for _ in range(1, min(self.num_steps, max(budgets))):
             feeds = [t.feed() for t in trees]
             # Each sequence's fed tree continues right after its computed rows (the last one is the root).
-            views = [_Chain(st, len(t.fed) - len(f) + 2) for st, t, f in zip(states, trees, feeds)]
+            views = [SlotView(st, st.num_computed + 1 + len(t.fed) - len(f)) for st, t, f in zip(states, trees, feeds)]
             shapes = [TokenTree(st.num_computed + 1, t.fed_parents()) for st, t in zip(states, trees)]
             hidden = torch.stack([t.source[c] for t, f in zip(trees, feeds) for c in f])
             outs = self._forward(views, [[t.tokens[c] for c in f] for t, f in zip(trees, feeds)], hidden,
@@ -238,17 +238,3 @@ class Eagle3Drafter:
         if st is not None:
             self.blocks.release(st)
 
-
-class _Chain:
-    """A view of a state ``offset`` positions past its computed count, sharing its block table."""
-
-    def __init__(self, state: _State, offset: int):
-        self.state, self.num_computed = state, state.num_computed + offset - 1
-
-    @property
-    def block_table(self) -> list[int]:
-        return self.state.block_table
-
-    @block_table.setter
-    def block_table(self, value: list[int]) -> None:
-        self.state.block_table = value

@@ -67,3 +67,19 @@ class DraftTree:
         chosen.sort(key=lambda c: (self.depth[c], -self.score[c]))
         index = {c: i for i, c in enumerate(chosen)}
         return [self.tokens[c] for c in chosen], [index[self.parent[c]] if self.parent[c] >= 0 else -1 for c in chosen]
+
+
+class SlotView:
+    """A drafter's per-sequence state seen ``num_computed`` slots in, sharing its block table: what a
+    chain step or a tree level is fed at, past the computed count, so its keys are never kept."""
+
+    def __init__(self, state: Any, num_computed: int):
+        self.state, self.num_computed = state, num_computed
+
+    @property
+    def block_table(self) -> list[int]:
+        return self.state.block_table
+
+    @block_table.setter
+    def block_table(self, value: list[int]) -> None:
+        self.state.block_table = value
