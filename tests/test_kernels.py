@@ -194,6 +194,20 @@ def test_rms_norm_matches_reference(rows):
     assert (out != ref).float().mean() < 0.01
 
 
+@pytest.mark.parametrize("rows,width", [(1, 9728), (8, 9728), (3, 100)])  # 100: a tail under 16 lanes
+def test_silu_mul_matches_reference(rows, width):
+    torch.manual_seed(rows)
+    gate_up = (torch.randn(rows, 2 * width) * 4).bfloat16()
+    gate, up = gate_up.chunk(2, dim=-1)
+    ref = torch.nn.functional.silu(gate) * up
+    out = kernels.silu_mul(gate_up)
+    # The same roundings; exp differs from PyTorch's in the last fp32 bit, so rarely a bf16 step apart.
+    torch.testing.assert_close(out.float(), ref.float(), rtol=1.6e-2, atol=1e-3)
+    assert (out != ref).float().mean() < 0.01
+    for m in {0, rows - 1}:  # a row alone gives the same bits as in the batch
+        assert torch.equal(kernels.silu_mul(gate_up[m:m + 1].contiguous()), out[m:m + 1])
+
+
 @pytest.mark.parametrize("with_norm", [True, False])
 def test_norm_rope_matches_reference(with_norm):
     from qwen3lab.config import RopeConfig
@@ -241,10 +255,10 @@ def test_bf16_model_with_kernels_matches_plain_pytorch(scratch, tokens):
 
 
 @pytest.mark.parametrize("window", [0, 5])
-@pytest.mark.parametrize("heads,kv_heads", [(8, 2), (4, 4), (32, 8)])
-def test_paged_decode_attention_matches_sdpa(window, heads, kv_heads):
+@pytest.mark.parametrize("heads,kv_heads,d", [(8, 2, 128), (4, 4, 128), (32, 8, 128), (10, 1, 64), (6, 2, 256)])
+def test_paged_decode_attention_matches_sdpa(window, heads, kv_heads, d):
     torch.manual_seed(heads + window)
-    d, slots_total, ctx = 128, 200, [1, 9, 33, 17]
+    slots_total, ctx = 200, [1, 9, 33, 17]
     S = max(ctx)
     kc, vc = torch.randn(slots_total, kv_heads, d).bfloat16(), torch.randn(slots_total, kv_heads, d).bfloat16()
     # Scattered slots per row, padded past each row's context with its last slot (as the metadata does).

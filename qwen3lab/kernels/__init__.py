@@ -15,6 +15,7 @@ default ``~/.cache/torch_extensions``) and is reused by later processes.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import threading
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.attention import Attention
+from ..model.decoder import MLP
 from ..model.norm import RMSNorm
 from ..model.rope import apply_rotary
 
@@ -63,12 +65,15 @@ def _build():
     # extension is compiled without it (the kernels ran on one thread until this was added; decode
     # bandwidth went from one core's ~18 GB/s to the machine's). The build links the same libgomp
     # soname PyTorch already loaded, so one thread pool serves both.
+    # The shared header is not a source, so its digest joins the flags: they key the build cache.
+    header = hashlib.sha1((here / "cpu_vec.h").read_bytes()).hexdigest()[:12]
     return load(name="qwen3lab_cpu_kernels",
                 sources=[str(here / f) for f in ("bindings.cpp", "cpu_gemv.cpp", "cpu_norm_rope.cpp",
-                                                              "cpu_attention.cpp", "cpu_amx.cpp")],
+                                                              "cpu_attention.cpp", "cpu_amx.cpp", "cpu_act.cpp")],
                 # -mamx-*: only enables the intrinsics; cpu_amx.cpp runs only where the CPU has AMX.
                 extra_cflags=["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16",
-                              "-mavx512vnni", "-mfma", "-mf16c", "-mamx-tile", "-mamx-int8", "-mamx-bf16", "-fopenmp"],
+                              "-mavx512vnni", "-mfma", "-mf16c", "-mamx-tile", "-mamx-int8", "-mamx-bf16", "-fopenmp",
+                              f"-DQWEN3LAB_VEC_H={header}"],
                 extra_ldflags=["-fopenmp"], verbose=False)
 
 
@@ -209,6 +214,14 @@ def norm_rope(x: torch.Tensor, norm: RMSNorm | None, cos: torch.Tensor, sin: tor
     return apply_rotary(norm(x) if norm is not None else x, cos, sin)
 
 
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor | None:
+    """``F.silu(gate) * up`` for the fused [gate; up] output [N, 2I] in one pass (decode-sized bf16 rows),
+    or None where the kernel does not apply."""
+    if gate_up.dtype == torch.bfloat16 and gate_up.dim() == 2 and usable(gate_up, gate_up.shape[-1]):
+        return ops().silu_mul_bf16(gate_up)
+    return None
+
+
 def decode_attention(q: torch.Tensor, cache, layer: int, group, window: int, scale: float) -> torch.Tensor | None:
     """Attention of a few new tokens per row (q [G, T, heads, d]) read in place from the paged cache, each
     token as its own decode row (so verification matches decoding bit for bit), or None where the kernel
@@ -246,4 +259,6 @@ def install(model: nn.Module) -> int:
         if isinstance(m, Attention):
             m.norm_rope, m.decode_attention = norm_rope, decode_attention
             fused += 1
+        elif isinstance(m, MLP):
+            m.act_mul = silu_mul
     return len(swaps) + fused

@@ -18,6 +18,7 @@ at::Tensor amx_unpack_int4(const at::Tensor& w, int64_t group_size, const c10::o
 at::Tensor amx_group_vectors(const at::Tensor& v);
 at::Tensor amx_dequant_int4(const at::Tensor& w, const at::Tensor& scales, const at::Tensor& zeros, int64_t group_size,
                             const c10::optional<at::Tensor>& out);
+at::Tensor silu_mul_bf16(const at::Tensor& gate_up);
 at::Tensor rms_norm_bf16(const at::Tensor& x, const at::Tensor& w, double eps);
 at::Tensor norm_rope_bf16(const at::Tensor& x, const c10::optional<at::Tensor>& w, const at::Tensor& cos,
                           const at::Tensor& sin, double eps);
@@ -42,6 +43,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amx_dequant_int4", &amx_dequant_int4, "bf16 weight from the AMX int4 layout (prefill)",
         py::arg("w"), py::arg("scales"), py::arg("zeros"), py::arg("group_size"), py::arg("out") = py::none());
   m.def("amx_group_vectors", &amx_group_vectors, "scales or zeros [G, N] -> bf16 [N / 16, G, 16]");
+  m.def("silu_mul_bf16", &silu_mul_bf16, "silu(gate) * up from gate_up [N, 2I] (bf16, reference roundings)");
   m.def("rms_norm_bf16", &rms_norm_bf16, "RMSNorm over the last dim, reference roundings (bf16)");
   m.def("paged_decode_attention", &paged_decode_attention, "one-token-per-sequence attention over the paged cache");
   m.def("norm_rope_bf16", &norm_rope_bf16, "per-head RMSNorm (optional) then rotary embedding (bf16)");

@@ -6,22 +6,26 @@
 // in place by slot index, scores the query heads that share it (GQA), takes the softmax in fp32 and
 // sums the values: one pass over the context, no copies. Masking matches the model's: keys at
 // positions 0 .. ctx-1, or the last `window` of them for sliding-window layers.
+//
+// Vectorized throughout (scores, exp, value sums with the accumulators in registers): the scalar
+// softmax and a load/store per value multiply cost 0.48 ms per layer for 8 sequences of ~50 tokens,
+// as much as 6% of an int4 decode step at batch 8.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
-#include <immintrin.h>
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "cpu_vec.h"
+
 namespace {
 
 using bf16 = c10::BFloat16;
+using namespace qwen3lab_vec;
 
-inline __m512 load16(const bf16* p) {  // 16 bf16 -> fp32
-  return _mm512_castsi512_ps(_mm512_slli_epi32(
-      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
-}
+constexpr int64_t kMaxDv = 16;  // head_dim up to 256
+constexpr int64_t kRChunk = 4;  // query heads whose value sums stay in registers together
 
 }  // namespace
 
@@ -33,7 +37,8 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   TORCH_CHECK(k_cache.scalar_type() == at::kBFloat16 && v_cache.scalar_type() == at::kBFloat16 &&
               k_cache.is_contiguous() && v_cache.is_contiguous(), "paged_decode_attention: contiguous bf16 cache");
   const int64_t G = q.size(0), H = q.size(1), d = q.size(2), KVH = k_cache.size(1), S = slots.size(1);
-  TORCH_CHECK(d % 16 == 0 && H % KVH == 0 && k_cache.size(2) == d, "paged_decode_attention: head sizes");
+  TORCH_CHECK(d % 16 == 0 && d / 16 <= kMaxDv && H % KVH == 0 && k_cache.size(2) == d,
+              "paged_decode_attention: head_dim must be a multiple of 16 up to 256, heads a multiple of kv heads");
   const int64_t rep = H / KVH, dv = d / 16;
   at::Tensor qc = q.contiguous(), sl = slots.contiguous().to(at::kLong), cl = ctx.contiguous().to(at::kLong);
   at::Tensor out = at::empty({G, H, d}, q.options());
@@ -44,52 +49,76 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   const int64_t* cp = cl.data_ptr<int64_t>();
   bf16* op = out.data_ptr<bf16>();
   at::parallel_for(0, G * KVH, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> qf(rep * d), scores, acc(rep * d);
+    std::vector<float> qf(rep * d), scores;
     for (int64_t task = b; task < e; ++task) {
       const int64_t g = task / KVH, h = task % KVH;
       const int64_t n = std::min<int64_t>(cp[g], S);
       const int64_t start = window > 0 ? std::max<int64_t>(0, n - window) : 0;
-      for (int64_t r = 0; r < rep; ++r)
-        for (int64_t i = 0; i < d; ++i) qf[r * d + i] = static_cast<float>(qp[(g * H + h * rep + r) * d + i]) * scale;
-      scores.assign(rep * (n - start), 0.f);
-      for (int64_t s = start; s < n; ++s) {
-        const bf16* kr = kp + (sp[g * S + s] * KVH + h) * d;
-        __m512 dot[8];
-        for (int64_t r = 0; r < rep && r < 8; ++r) dot[r] = _mm512_setzero_ps();
-        for (int64_t j = 0; j < dv; ++j) {
-          const __m512 kv = load16(kr + j * 16);
-          for (int64_t r = 0; r < rep && r < 8; ++r)
-            dot[r] = _mm512_fmadd_ps(_mm512_loadu_ps(qf.data() + r * d + j * 16), kv, dot[r]);
-        }
-        for (int64_t r = 0; r < rep && r < 8; ++r) scores[r * (n - start) + (s - start)] = _mm512_reduce_add_ps(dot[r]);
-        for (int64_t r = 8; r < rep; ++r) {  // more than 8 query heads per kv head: plain loop
-          float t = 0.f;
-          for (int64_t i = 0; i < d; ++i) t += qf[r * d + i] * static_cast<float>(kr[i]);
-          scores[r * (n - start) + (s - start)] = t;
-        }
-      }
       const int64_t len = n - start;
-      for (int64_t r = 0; r < rep; ++r) {  // softmax per query head, fp32
-        float* sc = scores.data() + r * len;
-        const float mx = *std::max_element(sc, sc + len);
-        float sum = 0.f;
-        for (int64_t s = 0; s < len; ++s) sum += (sc[s] = std::exp(sc[s] - mx));
-        const float inv = 1.f / sum;
-        for (int64_t s = 0; s < len; ++s) sc[s] *= inv;
-      }
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t s = start; s < n; ++s) {
-        const bf16* vr = vp + (sp[g * S + s] * KVH + h) * d;
-        for (int64_t j = 0; j < dv; ++j) {
-          const __m512 vv = load16(vr + j * 16);
-          for (int64_t r = 0; r < rep; ++r) {
-            float* a = acc.data() + r * d + j * 16;
-            _mm512_storeu_ps(a, _mm512_fmadd_ps(_mm512_set1_ps(scores[r * len + (s - start)]), vv, _mm512_loadu_ps(a)));
-          }
-        }
+      const int64_t* srow = sp + g * S + start;
+      if (len <= 0) {  // no keys (an empty context): zeros, not 0/0
+        for (int64_t r = 0; r < rep; ++r)
+          for (int64_t j = 0; j < dv; ++j) store_bf16(op + (g * H + h * rep + r) * d + j * 16, _mm512_setzero_ps());
+        continue;
       }
       for (int64_t r = 0; r < rep; ++r)
-        for (int64_t i = 0; i < d; ++i) op[(g * H + h * rep + r) * d + i] = static_cast<bf16>(acc[r * d + i]);
+        for (int64_t j = 0; j < dv; ++j)
+          _mm512_storeu_ps(qf.data() + r * d + j * 16,
+                           _mm512_mul_ps(load_bf16(qp + (g * H + h * rep + r) * d + j * 16), _mm512_set1_ps(scale)));
+      // Scores, row r at scores[r * stride]; padded to 16 so the softmax runs on whole vectors.
+      const int64_t stride = (len + 15) / 16 * 16;
+      scores.assign(rep * stride, -INFINITY);
+      for (int64_t s = 0; s < len; ++s) {
+        const bf16* kr = kp + (srow[s] * KVH + h) * d;
+        __m512 kv[kMaxDv];
+        for (int64_t j = 0; j < dv; ++j) kv[j] = load_bf16(kr + j * 16);
+        for (int64_t r = 0; r < rep; ++r) {
+          const float* qr = qf.data() + r * d;
+          __m512 dot0 = _mm512_mul_ps(_mm512_loadu_ps(qr), kv[0]), dot1 = _mm512_setzero_ps();
+          for (int64_t j = 1; j < dv; ++j) {
+            if (j & 1) dot1 = _mm512_fmadd_ps(_mm512_loadu_ps(qr + j * 16), kv[j], dot1);
+            else dot0 = _mm512_fmadd_ps(_mm512_loadu_ps(qr + j * 16), kv[j], dot0);
+          }
+          scores[r * stride + s] = _mm512_reduce_add_ps(_mm512_add_ps(dot0, dot1));
+        }
+      }
+      std::vector<float> inv(rep);
+      for (int64_t r = 0; r < rep; ++r) {  // softmax numerators in fp32; normalized at the end
+        float* sc = scores.data() + r * stride;
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (int64_t i = 0; i < stride; i += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(sc + i));
+        const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+        __m512 sum = _mm512_setzero_ps();
+        for (int64_t i = 0; i < stride; i += 16) {
+          const __m512 p = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(sc + i), m));  // padding: exp(-inf) = 0
+          _mm512_storeu_ps(sc + i, p);
+          sum = _mm512_add_ps(sum, p);
+        }
+        inv[r] = 1.f / _mm512_reduce_add_ps(sum);
+      }
+      // Values: for each chunk of query heads and of head_dim, the sums stay in registers over the keys.
+      for (int64_t r0 = 0; r0 < rep; r0 += kRChunk) {
+        const int64_t rn = std::min(kRChunk, rep - r0);
+        for (int64_t j0 = 0; j0 < dv; j0 += 4) {
+          const int64_t jn = std::min<int64_t>(4, dv - j0);
+          __m512 acc[kRChunk][4];
+          for (int64_t r = 0; r < kRChunk; ++r)
+            for (int64_t j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_ps();
+          for (int64_t s = 0; s < len; ++s) {
+            const bf16* vr = vp + (srow[s] * KVH + h) * d + j0 * 16;
+            __m512 vv[4];
+            for (int64_t j = 0; j < jn; ++j) vv[j] = load_bf16(vr + j * 16);
+            for (int64_t r = 0; r < rn; ++r) {
+              const __m512 p = _mm512_set1_ps(scores[(r0 + r) * stride + s]);
+              for (int64_t j = 0; j < jn; ++j) acc[r][j] = _mm512_fmadd_ps(p, vv[j], acc[r][j]);
+            }
+          }
+          for (int64_t r = 0; r < rn; ++r)
+            for (int64_t j = 0; j < jn; ++j)
+              store_bf16(op + (g * H + h * rep + r0 + r) * d + (j0 + j) * 16,
+                         _mm512_mul_ps(acc[r][j], _mm512_set1_ps(inv[r0 + r])));
+        }
+      }
     }
   });
   return out;

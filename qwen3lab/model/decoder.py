@@ -25,10 +25,16 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(h, i, bias=b)
         self.up_proj = nn.Linear(h, i, bias=b)
         self.down_proj = nn.Linear(i, h, bias=b)
+        # Optional kernel, set by qwen3lab.kernels.install on the CPU: silu(gate) * up in one pass from the
+        # fused projection's output (returns None where it does not apply).
+        self.act_mul = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if "gate_up_proj" in self._modules:  # fused by model/fuse.py
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            gate_up = self.gate_up_proj(x)
+            if self.act_mul is not None and (h := self.act_mul(gate_up.reshape(-1, gate_up.shape[-1]))) is not None:
+                return self.down_proj(h.view(*gate_up.shape[:-1], -1))
+            gate, up = gate_up.chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
