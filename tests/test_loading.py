@@ -47,3 +47,22 @@ def test_peak_memory_while_loading_stays_near_weight_size(tmp_path):
     # Peak growth while loading: the weights plus at most one tensor in flight (the 311 MB embedding
     # here) and tokenizer/allocator slack; a loader that materialised a full second copy would need 2x.
     assert after - before < 1.45 * weights, (after - before, weights)
+
+
+NO_COMPILER_PROBE = """
+import sys, torch
+from qwen3lab import LLM, SamplingParams
+llm = LLM(sys.argv[1], dtype="bfloat16", quantization="int4")
+llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4))
+print(" ".join(m for m in ("torch._dynamo", "sympy") if m in sys.modules))
+"""
+
+
+def test_loading_and_decoding_leave_the_compiler_stack_unimported(tmp_path):
+    """torch._dynamo and sympy (900 modules, ~70 MB resident) have no part in loading or decoding;
+    they came in through layer initialisation on the meta device and counted in decode memory."""
+    folder, _ = save_reference(tmp_path / "m", "qwen3", num_hidden_layers=1, hidden_size=128, intermediate_size=256,
+                               num_attention_heads=2, num_key_value_heads=1, head_dim=64, vocab_size=512)
+    out = subprocess.run([sys.executable, "-c", NO_COMPILER_PROBE, str(folder)], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "", out.stdout
