@@ -7,9 +7,8 @@
 // sums the values: one pass over the context, no copies. Masking matches the model's: keys at
 // positions 0 .. ctx-1, or the last `window` of them for sliding-window layers.
 //
-// Vectorized throughout (scores, exp, value sums with the accumulators in registers): the scalar
-// softmax and a load/store per value multiply cost 0.48 ms per layer for 8 sequences of ~50 tokens,
-// as much as 6% of an int4 decode step at batch 8.
+// Vectorized throughout (scores, exp, value sums with the accumulators in registers): with a scalar
+// softmax and a load/store per value multiply, 8 sequences of 50 tokens took 188 us per layer, now 122.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
