@@ -48,7 +48,7 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   const int64_t* cp = cl.data_ptr<int64_t>();
   bf16* op = out.data_ptr<bf16>();
   at::parallel_for(0, G * KVH, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> qf(rep * d), scores;
+    std::vector<float> qf(rep * d), scores, inv(rep);
     for (int64_t task = b; task < e; ++task) {
       const int64_t g = task / KVH, h = task % KVH;
       const int64_t n = std::min<int64_t>(cp[g], S);
@@ -81,7 +81,6 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
           scores[r * stride + s] = _mm512_reduce_add_ps(_mm512_add_ps(dot0, dot1));
         }
       }
-      std::vector<float> inv(rep);
       for (int64_t r = 0; r < rep; ++r) {  // softmax numerators in fp32; normalized at the end
         float* sc = scores.data() + r * stride;
         __m512 mx = _mm512_set1_ps(-INFINITY);

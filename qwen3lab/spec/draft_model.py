@@ -21,7 +21,7 @@ from ..engine.kv_cache import PagedKVCache, bytes_per_block
 from ..engine.sequence import Sequence
 from ..model import AttentionMetadata, CausalLM, TokenTree
 from ..sampling import processed_probs
-from .tree import DraftTree, SlotView
+from .tree import DraftTree, SlotView, tree_shape
 
 
 @dataclass(eq=False)
@@ -36,12 +36,7 @@ class DraftModelDrafter:
                  max_num_seqs: int, kv_cache_memory_gb: float = 1.0, device="cpu", block_size: int = 16,
                  topk: int = 1, num_steps: int | None = None):
         self.model, self.num_tokens, self.device = model, num_tokens, torch.device(device)
-        if topk < 1:
-            raise ValueError(f"speculative topk must be >= 1, got {topk}")
-        self.topk = topk
-        self.num_steps = num_steps if num_steps is not None else (num_tokens if topk == 1 else min(num_tokens, 4))
-        if self.num_steps < 1:
-            raise ValueError(f"speculative num_steps must be >= 1, got {self.num_steps}")
+        self.topk, self.num_steps = tree_shape(num_tokens, topk, num_steps)
         if self.device.type == "cpu":  # the target's decode path: fused projections and the CPU kernels
             from ..kernels import install
             from ..model.fuse import fuse_projections

@@ -44,7 +44,7 @@ from ..model import AttentionMetadata, TokenTree
 from ..sampling import processed_probs
 from .eagle3_io import load_eagle3
 from .eagle3_model import Eagle3Model
-from .tree import DraftTree, SlotView
+from .tree import DraftTree, SlotView, tree_shape
 
 
 @dataclass(eq=False)
@@ -59,12 +59,7 @@ class Eagle3Drafter:
                  dtype: torch.dtype, device="cpu", kv_cache_memory_gb: float = 0.5, block_size: int = 16,
                  topk: int = 1, num_steps: int | None = None):
         self.model, self.num_tokens, self.device = model, num_tokens, torch.device(device)
-        if topk < 1:
-            raise ValueError(f"speculative topk must be >= 1, got {topk}")
-        self.topk = topk
-        self.num_steps = num_steps if num_steps is not None else (num_tokens if topk == 1 else min(num_tokens, 4))
-        if self.num_steps < 1:
-            raise ValueError(f"speculative num_steps must be >= 1, got {self.num_steps}")
+        self.topk, self.num_steps = tree_shape(num_tokens, topk, num_steps)
         if self.device.type == "cpu":  # as for the target: drafting is k tiny forwards, overhead is most of it
             from ..kernels import install
             from ..model.fuse import fuse_layer

@@ -15,6 +15,17 @@ from typing import Any
 import torch
 
 
+def tree_shape(num_tokens: int, topk: int, num_steps: int | None) -> tuple[int, int]:
+    """Validated (topk, num_steps) of a model drafter: chains draft num_tokens steps, trees at most 4
+    (each step's candidates share one forward; deeper steps rarely survive selection)."""
+    if topk < 1:
+        raise ValueError(f"speculative topk must be >= 1, got {topk}")
+    steps = num_steps if num_steps is not None else (num_tokens if topk == 1 else min(num_tokens, 4))
+    if steps < 1:
+        raise ValueError(f"speculative num_steps must be >= 1, got {steps}")
+    return topk, steps
+
+
 class DraftTree:
     def __init__(self, topk: int):
         self.topk = topk

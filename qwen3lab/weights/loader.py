@@ -8,7 +8,6 @@ checks that turn a wrong or incomplete checkpoint into one clear error.
 from __future__ import annotations
 
 import contextlib
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
