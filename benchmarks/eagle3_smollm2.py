@@ -37,7 +37,7 @@ def corpus_records(n: int, words: int = 110) -> list[dict]:
 @torch.inference_mode()
 def depth_accuracy(llm: LLM, draft: str, outs, depth: int = 5) -> list[float]:
     """Teacher-forced held-out accuracy of chain drafts 1..depth on the target's greedy outputs."""
-    from qwen3lab.spec.eagle3 import Eagle3Drafter
+    from qwen3lab.speculative.eagle3 import Eagle3Drafter
     from qwen3lab.train.eagle3 import ttt_unroll
     from qwen3lab.train.eagle3_data import Example, record
 

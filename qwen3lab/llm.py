@@ -114,7 +114,7 @@ class LLM:
                                   enable_prefix_caching=enable_prefix_caching)
         drafter = None
         if speculative:  # {"method": "ngram"|"draft"|"eagle3", "model": ..., "num_tokens": k}
-            from .spec import make_drafter
+            from .speculative import make_drafter
 
             drafter = make_drafter(speculative, self.model, max_model_len or self.config.max_position_embeddings,
                                    max_num_seqs, self.dtype, self.device)

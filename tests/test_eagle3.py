@@ -96,7 +96,7 @@ def write_qwen3_4b_width_target(folder, num_layers=2):
 
 
 def test_published_layout_at_qwen3_4b_widths_loads_and_drafts(tmp_path):
-    from qwen3lab.spec.eagle3_io import load_eagle3
+    from qwen3lab.speculative.eagle3_io import load_eagle3
 
     draft = write_eagle3(tmp_path / "eagle3", **QWEN3_4B_DRAFT, dtype=torch.bfloat16)
     model = load_eagle3(draft, torch.bfloat16)
@@ -190,7 +190,7 @@ def test_sampled_drafts_carry_target_vocab_probs(tiny):
 def test_bad_checkpoints_are_named(tmp_path, tiny):
     from safetensors.torch import load_file
 
-    from qwen3lab.spec.eagle3_io import load_eagle3
+    from qwen3lab.speculative.eagle3_io import load_eagle3
 
     folder = write_eagle3(tmp_path / "bad", hidden_size=64, intermediate_size=128, num_attention_heads=4,
                           num_key_value_heads=2, head_dim=16, vocab_size=151936, draft_vocab_size=2048)

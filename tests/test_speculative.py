@@ -130,7 +130,7 @@ def test_sampling_distribution_matches_target(tmp_path):
 
 def test_acceptance_rule_reproduces_target_exactly():
     """The rule itself, without a model: first emitted token ~ p whatever q is."""
-    from qwen3lab.spec import verify
+    from qwen3lab.speculative import verify
 
     g = torch.Generator().manual_seed(0)
     vocab, trials = 6, 20000
@@ -226,7 +226,7 @@ def test_tree_attention_scores_every_path(target, dtype):
 def test_tree_acceptance_rule_reproduces_target_exactly():
     """The tree rule without a model: the first token ~ p at the root whichever children are drafted,
     and after an accepted child the next token ~ that child's row; greedy follows the argmax child."""
-    from qwen3lab.spec import verify_tree
+    from qwen3lab.speculative import verify_tree
 
     g = torch.Generator().manual_seed(0)
     vocab, trials = 6, 20000

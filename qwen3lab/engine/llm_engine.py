@@ -16,7 +16,7 @@ import torch
 from ..config import GenerationDefaults
 from ..sampling import SamplingParams, sample
 from ..model.attention_metadata import flat_index
-from ..spec import verify, verify_tree
+from ..speculative import verify, verify_tree
 from ..tokenizer.incremental import IncrementalDetokenizer
 from .block_manager import BlockManager
 from .kv_cache import PagedKVCache, bytes_per_block

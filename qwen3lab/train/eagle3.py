@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from ..model.rope import apply_rotary
-from ..spec.eagle3_io import save_eagle3
-from ..spec.eagle3_model import Eagle3Config, Eagle3Model
+from ..speculative.eagle3_io import save_eagle3
+from ..speculative.eagle3_model import Eagle3Config, Eagle3Model
 from .eagle3_data import Example, draft_vocab, generate, label_positions, load_records, record
 
 
