@@ -2,7 +2,7 @@
 
     python benchmarks/quant_kernels.py [--m 1] [--threads N]
 
-Times F.linear on a bf16 weight against Int8Linear and Int4Linear (each group size) on the same
+Times F.linear on a bf16 weight against the int8 and int4 layouts (each group size) on the same
 random weight; prints median microseconds per call and the effective weight bandwidth. Decode is
 bound by reading the weights, so fewer bytes per weight should mean proportionally less time.
 """
@@ -16,7 +16,8 @@ import time
 import torch
 from torch import nn
 
-from qwen3lab.quant import GROUP_SIZES, Int4Linear, Int8Linear
+from qwen3lab.quant import GROUP_SIZES
+from qwen3lab.quant.apply import quantize_linear
 
 SHAPES = {"gate/up_proj": (2560, 9728), "down_proj": (9728, 2560), "lm_head": (2560, 151936)}  # (in, out)
 
@@ -46,10 +47,9 @@ def main() -> None:
         torch.manual_seed(0)
         lin = nn.Linear(k, n, bias=False, dtype=torch.bfloat16)
         x = torch.randn(args.m, k, dtype=torch.bfloat16)
-        layers = {"bf16": (lin, 2.0), "int8": (Int8Linear.from_linear(lin), 1.0)}
+        layers = {"bf16": (lin, 2.0), "int8": (quantize_linear(lin, "int8"), 1.0)}
         for g in GROUP_SIZES:
-            q = Int4Linear.from_linear(lin, g)
-            q.prepare()
+            q = quantize_linear(lin, "int4", g)
             layers[f"int4-g{g}"] = (q, 0.5 + 4 * 2 / g)  # nibbles + bf16 scale and zero per group
         base = None
         for name, (layer, bytes_per_weight) in layers.items():

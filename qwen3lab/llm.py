@@ -50,7 +50,7 @@ class LLM:
                  kv_cache_memory_gb: float = 4.0, enable_prefix_caching: bool = True,
                  lora: str | Path | None = None, speculative: dict | None = None,
                  quantization: str | None = None, quantization_group_size: int | None = None,
-                 fuse_projections: bool = True, lora_adapters: dict[str, str | Path] | None = None):
+                 lora_adapters: dict[str, str | Path] | None = None):
         """``quantization``: "int8" or "int4" weight-only quantization of every linear layer and the head
         (see qwen3lab/quant); ``quantization_group_size``: int4 group (32, 64, 128 or 256).
 
@@ -79,34 +79,15 @@ class LLM:
             raw = read_json(Path(str(model), "config.json"), "model config")
             cfg_dtype = raw.get("torch_dtype") or raw.get("dtype")
         self.dtype = resolve_dtype(dtype, cfg_dtype)
-        ckpt = load_checkpoint(model, self.dtype, self.device)
+        # The layouts are chosen as the model is built: quantized, packed and on the CPU kernels from the start.
+        ckpt = load_checkpoint(model, self.dtype, self.device, quantization, quantization_group_size, cpu_kernels=True)
         self.model, self.config, self.tokenizer = ckpt.model, ckpt.config, ckpt.tokenizer
         self.generation_defaults, self.model_path = ckpt.generation, ckpt.path
         if lora is not None:  # a PEFT-format adapter folder, applied as a module swap
             from .lora import load_adapter
 
             load_adapter(self.model, lora, dropout=0.0).eval()
-        if quantization is not None:  # a module swap after loading, before the engine sizes its cache
-            from .quant.apply import ensure_quantized
-
-            ensure_quantized(self.model, quantization, quantization_group_size)
-        # One [q; k; v] and one [gate; up] product per layer (exact; see model/fuse.py, which also
-        # returns the copied checkpoint pages so that resident memory stays at the weights' size).
-        if fuse_projections:
-            from .model.fuse import fuse_projections as fuse
-
-            fuse(self.model)
-        if self.device.type == "cpu":  # few-row bf16 products in qwen3lab's decode kernel (a module swap)
-            from .kernels import install
-
-            install(self.model)
-            from .weights.file_rows import FileRowsEmbedding
-            from .weights.memory import release_free_memory
-
-            release_free_memory()  # glibc keeps the freed transient copies of quantizing, packing and fusing
-            if getattr(self.model.lm_head, "weight", None) is not self.model.model.embed_tokens.weight:
-                FileRowsEmbedding.swap(self.model.model)  # a lookup table only: read rows, not the map
-        if lora_adapters:  # after fusion and kernels: the adapters wrap whatever the base projections became
+        if lora_adapters:  # served side by side, chosen per request (qwen3lab/lora/multi.py)
             from .lora import apply_adapters
 
             apply_adapters(self.model, lora_adapters)

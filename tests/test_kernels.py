@@ -8,18 +8,31 @@ from torch import nn
 
 from qwen3lab import kernels
 from qwen3lab.model.attention import Attention
+from qwen3lab.model.attention_backend import CpuDecodeAttention, SdpaAttention
 from qwen3lab.model.norm import RMSNorm
 from qwen3lab.model.rope import apply_rotary
-from qwen3lab.quant.int4 import Int4Linear, dequantize_int4, pack_nibbles, quantize_int4
-from qwen3lab.quant.int8 import Int8Linear, dequantize_int8, quantize_int8
+from qwen3lab.model.linear import CpuBf16Linear, Linear
+from qwen3lab.model.ops import CpuKernelOps
+from qwen3lab.quant.apply import quantize_linear
+from qwen3lab.quant.int4 import Int4Amx, Int4Avx512, dequantize_int4, pack_nibbles, quantize_int4
+from qwen3lab.quant.int8 import dequantize_int8, quantize_int8
 
-ops = kernels.ops()
+ops = kernels.compiled()
 pytestmark = pytest.mark.skipif(ops is None, reason="this CPU lacks AVX-512 BF16/VNNI (or no compiler): "
                                                      "qwen3lab uses PyTorch's kernels there")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+
+
+def bf16_kernel_layer(lin: nn.Linear) -> Linear:
+    """``lin``'s weights in the bf16 CPU-kernel layout."""
+    layer = Linear(lin.in_features, lin.out_features, lin.bias is not None, CpuBf16Linear())
+    layer.load_weight("weight", lin.weight.detach())
+    if lin.bias is not None:
+        layer.load_weight("bias", lin.bias.detach())
+    return layer
 
 
 # Rows 1..8 are one pass over the weights; 9 and 17 take several. Widths with tails (N % 4, K % 32).
@@ -81,25 +94,26 @@ def test_kernels_are_not_a_silent_no_op():
 @pytest.mark.parametrize("rows", [1, 3, 200])  # kernel (decode) and float-GEMM (prefill) paths
 @pytest.mark.parametrize("mode", ["bf16", "int8", "int4"])
 def test_layers_use_the_kernels_and_match(mode, rows, monkeypatch):
-    monkeypatch.setattr(kernels, "DEQUANT_SLICE_ELEMENTS", 512 * 32)  # prefill: 3 slices of 32 output rows
+    monkeypatch.setattr(kernels.ops, "DEQUANT_SLICE_ELEMENTS", 512 * 32)  # prefill: 3 slices of 32 output rows
     torch.manual_seed(rows)
     lin = nn.Linear(512, 96, bias=True).bfloat16()
     with torch.no_grad():
         lin.bias.normal_()
     x = torch.randn(2, rows, 512).bfloat16()
     if mode == "bf16":
-        layer, ref_w = kernels.CpuLinear.wrap(lin), lin.weight.float()
+        layer, ref_w = bf16_kernel_layer(lin), lin.weight.float()
     elif mode == "int8":
-        layer = Int8Linear.from_linear(lin)
+        layer = quantize_linear(lin, "int8")
         ref_w = dequantize_int8(layer.weight, layer.weight_scale)
     else:
-        layer = Int4Linear.from_linear(lin, 32)
-        ref_w = dequantize_int4(layer.weight, layer.scales_and_zeros, 32)
-        layer.prepare()
+        q, sz = quantize_int4(lin.weight, 32, torch.bfloat16)  # what the layer quantizes to
+        ref_w = dequantize_int4(pack_nibbles(q), sz, 32)
+        layer = quantize_linear(lin, "int4", 32)
         if kernels.amx():
-            assert layer.amx_weight is not None and layer.weight.numel() == 0 and layer.kernel_scales is None
+            assert isinstance(layer.method, Int4Amx) and layer.weight.numel() == 0
+            assert not hasattr(layer, "kernel_scales")
         else:
-            assert layer.kernel_scales is not None and layer.cpu_packed is None
+            assert isinstance(layer.method, Int4Avx512) and not hasattr(layer, "cpu_packed")
     ref = x.float() @ ref_w.t() + lin.bias.float()
     with torch.inference_mode():
         out = layer(x)
@@ -153,13 +167,14 @@ def test_amx_int4_matches_dequantized_and_is_batch_invariant(g, K):  # 576: Smol
 def test_amx_int4_layer_float32_and_autograd_inputs(monkeypatch):
     torch.manual_seed(0)
     lin = nn.Linear(256, 64).bfloat16()
-    layer = Int4Linear.from_linear(lin, 64)
-    ref_w = dequantize_int4(layer.weight, layer.scales_and_zeros, 64)
-    layer.prepare()
+    q, sz = quantize_int4(lin.weight, 64, torch.bfloat16)
+    ref_w = dequantize_int4(pack_nibbles(q), sz, 64)
+    layer = quantize_linear(lin, "int4", 64)
+    assert isinstance(layer.method, Int4Amx)
     # Prefill-sized bf16 input, dequantized in slices of 16 output rows (4 slices here).
     from qwen3lab.quant.int4 import AMX_PREFILL_ROWS
 
-    monkeypatch.setattr(kernels, "DEQUANT_SLICE_ELEMENTS", 256 * 16)
+    monkeypatch.setattr(kernels.ops, "DEQUANT_SLICE_ELEMENTS", 256 * 16)
     xb = torch.randn(AMX_PREFILL_ROWS + 3, 256).bfloat16()
     with torch.inference_mode():
         assert rel_err(layer(xb), xb.float() @ ref_w.t() + lin.bias.float()) < 2e-2
@@ -172,7 +187,7 @@ def test_amx_int4_layer_float32_and_autograd_inputs(monkeypatch):
 
 
 def test_no_kernel_under_autograd():
-    lin = kernels.CpuLinear.wrap(nn.Linear(64, 32).bfloat16())
+    lin = bf16_kernel_layer(nn.Linear(64, 32).bfloat16())
     x = torch.randn(1, 64, dtype=torch.bfloat16, requires_grad=True)
     lin(x).sum().backward()  # the float path: gradients flow
     assert x.grad is not None and x.grad.abs().sum() > 0
@@ -185,7 +200,8 @@ def test_rms_norm_matches_reference(rows):
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
     x = (torch.randn(rows, 2560) * 3).bfloat16()
-    fast = kernels.CpuRMSNorm.wrap(norm)
+    fast = RMSNorm(2560, 1e-6, CpuKernelOps())
+    fast.weight = norm.weight
     with torch.inference_mode():
         ref, out = norm(x), fast(x)
     # Same roundings; only the fp32 sum order differs, so a rare value lands one bf16 step apart
@@ -224,7 +240,7 @@ def test_norm_rope_matches_reference(with_norm):
     x = torch.randn(N, H, d).bfloat16()
     with torch.inference_mode():
         ref = apply_rotary(norm(x) if norm is not None else x, cos, sin)
-        out = kernels.norm_rope(x, norm, cos, sin)
+        out = CpuKernelOps().norm_rope(x, norm, cos, sin)
     torch.testing.assert_close(out.float(), ref.float(), rtol=1.6e-2, atol=1e-2)
     assert (out != ref).float().mean() < 0.02
 
@@ -239,11 +255,16 @@ def test_bf16_model_with_kernels_matches_plain_pytorch(scratch, tokens):
     folder = save_reference(scratch("k"), "qwen3", num_hidden_layers=2, hidden_size=256, intermediate_size=512,
                             num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=4096)[0]
     plain = load_checkpoint(str(folder), torch.bfloat16, torch.device("cpu")).model
-    fast = LLM(str(folder), dtype="bfloat16", fuse_projections=True).model
-    assert not any(isinstance(m, kernels.CpuLinear) for m in plain.modules())
-    # Fused [q; k; v] and [gate; up] (model/fuse.py): per layer 4 linears and 4 norms; then the head and norm.
+    fast = LLM(str(folder), dtype="bfloat16").model
+
+    def on_kernels(m):
+        return (isinstance(m, Linear) and isinstance(m.method, CpuBf16Linear)) or (
+            isinstance(m, RMSNorm) and isinstance(m.ops, CpuKernelOps))
+
+    assert not any(on_kernels(m) for m in plain.modules())
+    # Packed [q; k; v] and [gate; up]: per layer 4 linears and 4 norms; then the head and norm.
     assert all("qkv_proj" in layer.self_attn._modules for layer in fast.model.layers)
-    assert sum(isinstance(m, (kernels.CpuLinear, kernels.CpuRMSNorm)) for m in fast.modules()) == 2 * 8 + 2
+    assert sum(on_kernels(m) for m in fast.modules()) == 2 * 8 + 2
     cfg = fast.config
     ids = torch.randint(0, 4096, (tokens,), generator=torch.Generator().manual_seed(tokens))
     meta = AttentionMetadata.build([tokens], [tokens], cfg.layer_types, cfg.sliding_window)
@@ -289,8 +310,8 @@ def test_engine_decode_with_kernel_attention_matches_sdpa(scratch):
     plain = LLM(str(folder), dtype="bfloat16", kv_cache_memory_gb=0.02)
     for m in plain.model.modules():
         if isinstance(m, Attention):
-            assert m.decode_attention is not None
-            m.decode_attention = None
+            assert isinstance(m.backend, CpuDecodeAttention)
+            m.backend = SdpaAttention()
     p = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True, logprobs=0)
     prompts = [list(range(5, 40)), [7, 8, 9], list(range(300, 380))]
     a, b = fast.generate(prompts, p), plain.generate(prompts, p)

@@ -39,10 +39,9 @@ def singles(setup):
     return {None: LLM(base, **SMALL), **{n: LLM(base, lora=f, **SMALL) for n, f in folders.items()}}
 
 
-@pytest.mark.parametrize("fuse", [True, False])
-def test_each_adapter_gives_its_own_logits(setup, singles, fuse):
+def test_each_adapter_gives_its_own_logits(setup, singles):
     base, folders = setup
-    multi = LLM(base, lora_adapters=folders, fuse_projections=fuse, **SMALL)
+    multi = LLM(base, lora_adapters=folders, **SMALL)
     plain = singles[None].logits(IDS)
     for name in folders:
         want = singles[name].logits(IDS)

@@ -14,9 +14,12 @@ from torch import nn
 from checkpoints import save_reference
 from qwen3lab import LLM, SamplingParams, kernels
 from qwen3lab.cli import main
-from qwen3lab.quant import GROUP_SIZES, Int4Linear, Int8Linear, quantize_model
+from qwen3lab.model.linear import FloatLinear, Linear
+from qwen3lab.quant import GROUP_SIZES, Int4Method, Int8Method, quantize_model
+from qwen3lab.quant.apply import quantize_linear
 from qwen3lab.quant.apply import ensure_quantized
-from qwen3lab.quant.int4 import dequantize_int4, pack_nibbles, quantize_int4, unpack_nibbles
+from qwen3lab.quant.int4 import (Int4Amx, Int4Avx512, Int4CpuPacked, Int4Portable, dequantize_int4, pack_nibbles,
+                                 quantize_int4, unpack_nibbles)
 from qwen3lab.quant.int8 import dequantize_int8
 from qwen3lab.weights.file_rows import FileRowsEmbedding
 from qwen3lab.weights.loader import load_checkpoint
@@ -44,7 +47,7 @@ def _linear(k, n, dtype, bias=False, seed=0):
 @pytest.mark.parametrize("bias", [False, True])
 def test_int8_linear_matches_dequantized_reference(dtype, bias):
     lin = _linear(256, 96, dtype, bias)
-    q = Int8Linear.from_linear(lin)
+    q = quantize_linear(lin, "int8")
     ref_w = dequantize_int8(q.weight, q.weight_scale)
     # Symmetric rounding: every weight within half a step of its channel's scale.
     assert ((ref_w - lin.weight.float()).abs() <= q.weight_scale.float()[:, None] * 0.5 + 1e-6).all()
@@ -67,20 +70,21 @@ def test_nibble_layout_is_low_then_high():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_int4_linear_matches_dequantized_reference(group_size, dtype):
     lin = _linear(512, 64, dtype, bias=True, seed=group_size)
-    q = Int4Linear.from_linear(lin, group_size)
+    portable = quantize_linear(lin, "int4", group_size, method=Int4Portable(group_size, from_float=True))
+    q = portable
     ref_w = dequantize_int4(q.weight, q.scales_and_zeros, group_size)
     step = q.scales_and_zeros[..., 0].float().t().repeat_interleave(group_size, dim=1)
     assert ((ref_w - lin.weight.float()).abs() <= step * 0.5 + 2e-3).all()  # + rounding of the stored zero
     x = torch.randn(7, 512).to(dtype)
     ref = x.float() @ ref_w.t() + lin.bias.float()
-    fallback = q(x)  # not packed yet: the dequantize path used off the CPU
-    q.prepare()
+    fallback = q(x)  # the dequantize path used off the CPU
+    q = quantize_linear(lin, "int4", group_size)  # the layout this machine runs best
     if dtype == torch.bfloat16 and kernels.amx():  # the AMX kernel's tile layout replaces the nibbles
-        assert q.amx_weight is not None and q.weight.numel() == 0 and q.scales_and_zeros.numel() == 0
-    elif dtype == torch.bfloat16 and kernels.ops() is not None:  # qwen3lab's kernel reads the nibbles
-        assert q.kernel_scales is not None and q.cpu_packed is None and q.scales_and_zeros.numel() == 0
+        assert isinstance(q.method, Int4Amx) and q.weight.numel() == 0 and q.scales_and_zeros.numel() == 0
+    elif dtype == torch.bfloat16 and kernels.compiled() is not None:  # qwen3lab's kernel reads the nibbles
+        assert isinstance(q.method, Int4Avx512) and not hasattr(q, "cpu_packed") and q.scales_and_zeros.numel() == 0
     else:  # PyTorch's kernel, on its own packed layout
-        assert q.cpu_packed is not None and q.weight.numel() == 0
+        assert isinstance(q.method, Int4CpuPacked) and q.cpu_packed is not None and q.weight.numel() == 0
     out = q(x)
     assert out.dtype == dtype
     tol = 1e-4 if dtype == torch.float32 else 2e-2
@@ -105,8 +109,11 @@ def test_tied_model_quantizes_a_head_copy(folder, mode, group):
     float_logits = _logits(model)
     quantize_model(model, mode, group)
     kinds = {type(m) for n, m in model.named_modules() if n.endswith(("_proj", "lm_head"))}
-    assert kinds == {Int8Linear if mode == "int8" else Int4Linear}
-    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    assert kinds == {Linear}
+    want = Int8Method if mode == "int8" else Int4Method
+    assert all(isinstance(m.method, want) for n, m in model.named_modules() if n.endswith(("_proj", "lm_head")))
+    assert not any(isinstance(m, nn.Linear) or isinstance(getattr(m, "method", None), FloatLinear)
+                   for m in model.modules())
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
     assert torch.equal(model.model.embed_tokens.weight, embed)  # lookups unchanged
     assert model.quantization["tied_head_copied"]
@@ -158,7 +165,7 @@ def test_skip_keeps_layers_in_float(folder, tmp_path):
     ckpt = load_checkpoint(folder, torch.float32)
     quantize_model(ckpt.model, "int8", skip=["lm_head", "*.down_proj"], keep_portable=True)
     assert ckpt.model.lm_head.weight is ckpt.model.model.embed_tokens.weight  # still tied
-    assert isinstance(ckpt.model.model.layers[0].mlp.down_proj, nn.Linear)
+    assert isinstance(ckpt.model.model.layers[0].mlp.down_proj.method, FloatLinear)
     from qwen3lab.quant.checkpoint import save_quantized
 
     save_quantized(ckpt.model, tmp_path / "q", folder)
@@ -181,7 +188,7 @@ def test_clear_errors(folder, tmp_path):
     # hidden_size 128 is not a multiple of 256: the first such layer is named and nothing is swapped.
     with pytest.raises(ValueError, match=r"'model.layers.0.self_attn.q_proj' has 128 input features"):
         quantize_model(model, "int4", 256)
-    assert not any(isinstance(m, (Int4Linear, Int8Linear)) for m in model.modules())
+    assert not any(isinstance(getattr(m, "method", None), (Int4Method, Int8Method)) for m in model.modules())
     with pytest.raises(ValueError, match="is not quantized"):
         from qwen3lab.quant.checkpoint import save_quantized
 

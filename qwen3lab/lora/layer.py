@@ -1,4 +1,5 @@
-"""``LoRALinear``: a frozen ``nn.Linear`` plus a trainable low-rank update, swapped in from outside.
+"""``LoRALinear``: a frozen linear layer plus a trainable low-rank update, swapped in from outside;
+``PackedLoRALinear``: the same for the parts of a packed q/k/v or gate/up projection.
 
 y = base(x) + (dropout(x) @ A^T @ B^T) * alpha / r, with A [r, in] (Kaiming-uniform, as PEFT) and
 B [out, r] (zeros, so a fresh adapter is the identity). The adapter reads x in its compute dtype (bf16
@@ -27,45 +28,24 @@ def drop_mask(shape: torch.Size, p: float, device) -> tuple[torch.Tensor, float]
     return (bits.view(torch.int16)[:n] < cut - 32768).view(shape), cut / 65536
 
 
-class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+class LoRAAdapter(nn.Module):
+    """The trainable low-rank pair of one projection: ``delta(x) = B(A(dropout(x))) * alpha / r``."""
+
+    def __init__(self, in_features: int, out_features: int, r: int, alpha: float, dropout: float = 0.0, device=None):
         super().__init__()
         if r <= 0:
             raise ValueError(f"LoRA rank r must be positive, got {r}")
-        self.base = base
         self.r, self.alpha = r, alpha
         self.scaling = alpha / r
-        w = base.weight
-        self.lora_A = nn.Linear(base.in_features, r, bias=False, device=w.device, dtype=torch.float32)
-        self.lora_B = nn.Linear(r, base.out_features, bias=False, device=w.device, dtype=torch.float32)
+        self.lora_A = nn.Linear(in_features, r, bias=False, device=device, dtype=torch.float32)
+        self.lora_B = nn.Linear(r, out_features, bias=False, device=device, dtype=torch.float32)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # PEFT's default init
         nn.init.zeros_(self.lora_B.weight)
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # p and train/eval; see forward
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # p and train/eval; see delta
         self.disabled = False  # True: behave as the base layer (the GRPO reference policy)
 
-    @classmethod
-    def from_base(cls, linear: nn.Linear, r: int = 16, alpha: float = 32, dropout: float = 0.0) -> "LoRALinear":
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"LoRA wraps nn.Linear modules, got {type(linear).__name__}")
-        linear.weight.requires_grad_(False)
-        if linear.bias is not None:
-            linear.bias.requires_grad_(False)
-        return cls(linear, r, alpha, dropout)
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
-    @property
-    def weight(self) -> torch.Tensor:  # code that reads .weight (dtype/device probes) keeps working
-        return self.base.weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+    def add_delta(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """y + the adapter's update for input x (y itself when disabled)."""
         if self.disabled:
             return y
         kind = x.device.type
@@ -85,9 +65,96 @@ class LoRALinear(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
+
+def _freeze(linear: nn.Module) -> None:
+    if not (hasattr(linear, "in_features") and hasattr(linear, "weight")):
+        raise TypeError(f"LoRA wraps linear layers, got {type(linear).__name__}")
+    for p in linear.parameters():
+        p.requires_grad_(False)
+
+
+class LoRALinear(LoRAAdapter):
+    """A frozen linear layer (``nn.Linear`` or qwen3lab's ``Linear``) plus one adapter."""
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0):
+        super().__init__(base.in_features, base.out_features, r, alpha, dropout, base.weight.device)
+        self.base = base
+
+    @classmethod
+    def from_base(cls, linear: nn.Module, r: int = 16, alpha: float = 32, dropout: float = 0.0) -> "LoRALinear":
+        _freeze(linear)
+        return cls(linear, r, alpha, dropout)
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:  # code that reads .weight (dtype/device probes) keeps working
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.add_delta(self.base(x), x)
+
     @torch.no_grad()
-    def merged(self) -> nn.Linear:
+    def merged(self) -> nn.Module:
         """The base layer with B @ A * scaling added into its weight (returned, not copied)."""
         w = self.base.weight
         w.copy_((w.float() + self.delta_weight().float()).to(w.dtype))
+        return self.base
+
+
+class PackedLoRALinear(nn.Module):
+    """A packed projection (``qkv_proj``, ``gate_up_proj``) with one adapter per targeted part, each named
+    after its Hugging Face projection (``parts.q_proj``), so PEFT files map onto it part by part."""
+
+    def __init__(self, base: nn.Module, parts: dict[str, int], r: int, alpha: float, dropout: float = 0.0):
+        """``parts``: Hugging Face projection name -> its index in ``base.output_sizes``."""
+        super().__init__()
+        self.base, self.index = base, dict(parts)
+        sizes = base.output_sizes
+        self.parts = nn.ModuleDict({name: LoRAAdapter(base.in_features, sizes[i], r, alpha, dropout, base.weight.device)
+                                    for name, i in parts.items()})
+
+    @classmethod
+    def from_base(cls, linear: nn.Module, parts: dict[str, int], r: int = 16, alpha: float = 32,
+                  dropout: float = 0.0) -> "PackedLoRALinear":
+        _freeze(linear)
+        return cls(linear, parts, r, alpha, dropout)
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def output_sizes(self) -> tuple[int, ...]:
+        return self.base.output_sizes
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ys = list(self.base(x).split(self.base.output_sizes, dim=-1))
+        for name, adapter in self.parts.items():
+            i = self.index[name]
+            ys[i] = adapter.add_delta(ys[i], x)
+        return torch.cat(ys, dim=-1)
+
+    @torch.no_grad()
+    def merged(self) -> nn.Module:
+        """The base layer with each part's update added into its rows of the weight (returned, not copied)."""
+        w, sizes = self.base.weight, self.base.output_sizes
+        for name, adapter in self.parts.items():
+            i = self.index[name]
+            rows = w.narrow(0, sum(sizes[:i]), sizes[i])
+            rows.copy_((rows.float() + adapter.delta_weight().float()).to(w.dtype))
         return self.base

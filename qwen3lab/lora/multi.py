@@ -6,7 +6,7 @@ which slot each token of the step belongs to, and each layer adds, per slot pres
 ``scaling * B[slot] @ A[slot] @ x`` to the base output of that slot's tokens. Tokens of the base
 model cost nothing extra, and a batch may mix adapters freely.
 
-Fused projections (``model/fuse.py``) stay fused: for ``qkv_proj`` the parts' A matrices are stacked
+Packed projections stay packed: for ``qkv_proj`` the parts' A matrices are stacked
 ([A_q; A_k; A_v], rank 3r) and B is block-diagonal, so one low-rank product gives every part its own
 adapter's update exactly (the zero blocks add exact zeros). Adapters of different ranks are padded
 with zeros to the largest, and a projection an adapter does not target gets zeros, so every slot
@@ -21,10 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..model.packed import PACKED_MODULES
 from .peft_io import PREFIX, WEIGHTS_FILE, read_adapter_config, read_adapter_tensors
 
-# Fused modules and the checkpoint projections they hold, in output order.
-FUSED_PARTS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
 class AdapterBank:
@@ -57,7 +56,7 @@ class AdapterBank:
 
 
 class MultiLoRALinear(nn.Module):
-    """A base projection plus per-slot LoRA updates; ``parts`` are the output widths of fused projections."""
+    """A base projection plus per-slot LoRA updates; ``parts`` are the output widths of packed projections."""
 
     def __init__(self, base: nn.Module, bank: AdapterBank, parts: tuple[int, ...], rank: int):
         super().__init__()
@@ -111,7 +110,7 @@ def _read(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def _locate(modules: dict[str, nn.Module], name: str) -> tuple[str, int] | None:
-    """(module name to wrap, part index) for a Hugging Face projection name, fused or not.
+    """(module name to wrap, part index) for a Hugging Face projection name, packed or not.
 
     Only decoder-layer projections: the head runs after the step's adapter rows are cleared (as in
     ``apply_lora``, which never wraps ``lm_head`` or embeddings)."""
@@ -120,20 +119,15 @@ def _locate(modules: dict[str, nn.Module], name: str) -> tuple[str, int] | None:
     if name in modules and hasattr(modules[name], "in_features"):
         return name, 0
     parent, _, proj = name.rpartition(".")
-    for fused, parts in FUSED_PARTS.items():
+    for fused, parts in PACKED_MODULES.items():
         if proj in parts and f"{parent}.{fused}" in modules:
             return f"{parent}.{fused}", parts.index(proj)
     return None
 
 
 def _part_sizes(model: nn.Module, target: str) -> tuple[int, ...]:
-    parent, _, attr = target.rpartition(".")
     module = model.get_submodule(target)
-    if attr == "qkv_proj":
-        return tuple(model.get_submodule(parent).qkv_sizes)
-    if attr == "gate_up_proj":
-        return (module.out_features // 2,) * 2
-    return (module.out_features,)
+    return tuple(getattr(module, "output_sizes", (module.out_features,)))
 
 
 def apply_adapters(model: nn.Module, adapters: dict[str, str | Path]) -> AdapterBank:

@@ -3,49 +3,44 @@
 Differences between the three are config flags (QK-norm, q/k/v bias, tied head, RoPE scaling,
 sliding layers), so one code path serves all. ``forward`` returns hidden states;
 ``compute_logits`` applies the head. Scheduling, caching policy and sampling live elsewhere.
+
+q/k/v and gate/up are packed projections from construction (``model/packed.py`` maps the
+checkpoint's separate tensors onto their parts).
+How each layer computes (weight layouts, kernels, attention backend) is the ``ModelPlan``.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
 from .attention import Attention
 from .attention_metadata import AttentionMetadata
+from .linear import Linear
 from .norm import RMSNorm
+from .plan import DEFAULT_PLAN, ModelPlan
 from .rope import RotaryEmbedding
 
-
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, plan: ModelPlan = DEFAULT_PLAN, prefix: str = ""):
         super().__init__()
         h, i, b = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_proj = nn.Linear(h, i, bias=b)
-        self.up_proj = nn.Linear(h, i, bias=b)
-        self.down_proj = nn.Linear(i, h, bias=b)
-        # Optional kernel, set by qwen3lab.kernels.install on the CPU: silu(gate) * up in one pass from the
-        # fused projection's output (returns None where it does not apply).
-        self.act_mul = None
+        self.gate_up_proj = Linear(h, (i, i), b, plan.linear((f"{prefix}.gate_proj", f"{prefix}.up_proj"), h, (i, i), b), plan.dtype)
+        self.down_proj = Linear(i, h, b, plan.linear((f"{prefix}.down_proj",), i, (h,), b), plan.dtype)
+        self.ops = plan.ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if "gate_up_proj" in self._modules:  # fused by model/fuse.py
-            gate_up = self.gate_up_proj(x)
-            if self.act_mul is not None and (h := self.act_mul(gate_up.reshape(-1, gate_up.shape[-1]))) is not None:
-                return self.down_proj(h.view(*gate_up.shape[:-1], -1))
-            gate, up = gate_up.chunk(2, dim=-1)
-            return self.down_proj(F.silu(gate) * up)
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.ops.silu_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer_idx: int):
+    def __init__(self, config: ModelConfig, layer_idx: int, plan: ModelPlan = DEFAULT_PLAN, prefix: str = ""):
         super().__init__()
-        self.self_attn = Attention(config, layer_idx)
-        self.mlp = MLP(config)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx, plan, f"{prefix}.self_attn")
+        self.mlp = MLP(config, plan, f"{prefix}.mlp")
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, plan.ops)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, plan.ops)
 
     def forward(self, x, cos, sin, meta: AttentionMetadata, kv_cache=None):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta, kv_cache)
@@ -53,21 +48,23 @@ class DecoderLayer(nn.Module):
 
 
 class DecoderModel(nn.Module):
-    """Holds ``model.*`` weights under their Hugging Face names."""
+    """Holds ``model.*`` weights under their Hugging Face names (packed projections excepted)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, plan: ModelPlan = DEFAULT_PLAN):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, plan, f"model.layers.{i}")
+                                    for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, plan.ops)
 
 
 class CausalLM(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, plan: ModelPlan = DEFAULT_PLAN):
         super().__init__()
-        self.config = config
-        self.model = DecoderModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.config, self.plan = config, plan
+        self.model = DecoderModel(config, plan)
+        h, v = config.hidden_size, config.vocab_size
+        self.lm_head = Linear(h, v, False, plan.linear(("lm_head",), h, (v,), False), plan.dtype)
         # Built on the CPU even under a meta-device context: it is computed, never loaded.
         with torch.device("cpu"):
             self.rotary_emb = RotaryEmbedding(config.rope, config.head_dim)

@@ -1,8 +1,10 @@
-"""Weight-only int8 / int4 quantization as module swaps (see apply.py), and its checkpoint format."""
+"""Weight-only int8 / int4 quantization: the layouts as linear methods, their choice per layer, the
+in-place conversion of a loaded model (apply.py) and the checkpoint format (checkpoint.py)."""
 
-from .apply import MODES, convert_for_loading, finish_loading, quantize_model
-from .int4 import DEFAULT_GROUP_SIZE, GROUP_SIZES, Int4Linear
-from .int8 import Int8Linear
+from .apply import check_mode, ensure_quantized, quantize_model
+from .int4 import DEFAULT_GROUP_SIZE, GROUP_SIZES, Int4Method
+from .int8 import Int8Method
+from .methods import MODES, linear_choice
 
-__all__ = ["MODES", "GROUP_SIZES", "DEFAULT_GROUP_SIZE", "Int4Linear", "Int8Linear", "quantize_model",
-           "convert_for_loading", "finish_loading"]
+__all__ = ["MODES", "GROUP_SIZES", "DEFAULT_GROUP_SIZE", "Int4Method", "Int8Method", "check_mode",
+           "ensure_quantized", "linear_choice", "quantize_model"]

@@ -1,10 +1,10 @@
-"""Quantization as a module swap applied from outside the model.
+"""Quantizing a loaded model in place, and the ``quantization_config`` section that describes the result.
 
-Owns: choosing which layers to quantize (every ``nn.Linear`` of attention and MLP, and ``lm_head``),
-swapping them for ``Int8Linear`` / ``Int4Linear`` in place, the ``quantization_config`` section that
-describes the result in config.json, and the empty quantized skeleton the loader fills from a
-quantized checkpoint. The embedding stays in the float dtype: a lookup reads one row per token, so
-quantizing it saves memory but no time.
+A model is normally built quantized from the start (the loader's ``ModelPlan`` gives each layer its
+int8 / int4 method, ``quant/methods.py``). ``quantize_model`` does the same for a model already loaded
+in float: each target layer gets its quantized method and converts its weight. Targets are every
+projection of the decoder layers and ``lm_head``; the embedding stays in the float dtype: a lookup
+reads one row per token, so quantizing it saves memory but no time.
 
 A tied model (``lm_head`` sharing ``embed_tokens``) gets a quantized *copy* of the matrix as its head
 and keeps the float embedding for lookups; the head is the largest matrix of a small model
@@ -13,16 +13,16 @@ and keeps the float embedding for lookups; the head is the largest matrix of a s
 
 from __future__ import annotations
 
-from fnmatch import fnmatch
 from typing import Iterable
 
-import torch
 from torch import nn
 
-from .int4 import DEFAULT_GROUP_SIZE, Int4Linear, check_group_size
-from .int8 import Int8Linear
+from ..model.linear import Linear
+from ..model.packed import part_names
+from .int4 import DEFAULT_GROUP_SIZE, Int4Method, check_group_size
+from .int8 import Int8Method
+from .methods import MODES, int4_method, int8_method, is_target, skipped
 
-MODES = ("int8", "int4")
 QUANT_METHOD = "qwen3lab"  # quantization_config["quant_method"] of checkpoints this package writes
 
 
@@ -39,54 +39,50 @@ def check_mode(mode: str, group_size: int | None) -> int | None:
     return group_size
 
 
-def target_linears(model: nn.Module, skip: Iterable[str] = ()) -> list[str]:
-    """Names of the layers to quantize: linears under ``model.layers`` and ``lm_head``, minus ``skip``
-    (exact names or fnmatch patterns such as ``'*.down_proj'`` or ``'lm_head'``)."""
-    skip = tuple(skip)
-    names = [n for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and (n.startswith("model.layers.") or n == "lm_head")]
-    return [n for n in names if not any(n == s or fnmatch(n, s) for s in skip)]
+def target_layers(model: nn.Module) -> list[tuple[str, Linear]]:
+    """(module name, layer) of every ``Linear`` that quantization applies to."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, Linear) and is_target(part_names(n))]
 
 
-def _quantized(mode: str, linear: nn.Linear, group_size: int | None, weight: torch.Tensor, name: str) -> nn.Module:
-    if mode == "int8":
-        return Int8Linear.from_linear(linear, weight)
-    return Int4Linear.from_linear(linear, group_size, weight, name)
+def is_quantized(layer: Linear) -> bool:
+    return isinstance(layer.method, (Int8Method, Int4Method))
 
 
 def quantize_model(model: nn.Module, mode: str, group_size: int | None = None, skip: Iterable[str] = (),
                    keep_portable: bool = False) -> nn.Module:
-    """Quantize ``model`` (a loaded ``CausalLM``) in place and return it.
+    """Quantize ``model`` (a loaded ``CausalLM``) in place and return it. ``skip``: Hugging Face module
+    names or fnmatch patterns (``'*.down_proj'``, ``'lm_head'``) to keep in float.
 
-    ``keep_portable``: int4 layers keep their on-disk nibble layout next to the CPU-packed one, which
+    ``keep_portable``: int4 layers keep their on-disk nibble layout next to a kernel's form, which
     ``save_quantized`` needs; inference alone does not.
     """
     if getattr(model, "quantization", None):
         raise ValueError(f"the model is already quantized ({model.quantization['mode']})")
     group_size = check_mode(mode, group_size)
-    names = target_linears(model, skip)
-    embed = model.model.embed_tokens.weight
-    # Check every width before swapping anything, so that a bad group size leaves the model untouched.
+    skip = tuple(skip)
+    targets = [(n, m) for n, m in target_layers(model) if not skipped(part_names(n), skip)]
+    # Check every width before converting anything, so that a bad group size leaves the model untouched.
     if mode == "int4":
-        for name in names:
-            check_group_size(group_size, model.get_submodule(name).in_features, name)
-    tied_head = False
-    for name in names:
-        linear = model.get_submodule(name)
-        tied_head |= name == "lm_head" and linear.weight is embed
-        new = _quantized(mode, linear, group_size, linear.weight, name)
-        if mode == "int4":
-            new.prepare(keep_portable)
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, new)
-    model.quantization = quantization_config(mode, group_size, sorted(set(_all_linears(model)) - set(names)))
-    model.quantization["tied_head_copied"] = tied_head
+        for name, layer in targets:
+            check_group_size(group_size, layer.in_features, part_names(name)[0])
+    for name, layer in targets:
+        w = layer.weight
+        if mode == "int8":
+            layer.method = int8_method(layer.in_features, layer.out_features, w.device, from_float=True)
+        else:
+            layer.method = int4_method(layer.in_features, layer.out_features, group_size, w.device, w.dtype,
+                                       from_float=True, keep_portable=keep_portable)
+        layer.process_weights_after_loading()
+    model.quantization = describe(model, mode, group_size)
     return model
 
 
-def _all_linears(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules()
-            if isinstance(m, (nn.Linear, Int8Linear, Int4Linear)) and (n.startswith("model.layers.") or n == "lm_head")]
+def describe(model: nn.Module, mode: str, group_size: int | None) -> dict:
+    """``model.quantization``: the config.json section plus whether a tied head was copied."""
+    not_converted = sorted(p for n, m in target_layers(model) if not is_quantized(m) for p in part_names(n))
+    section = quantization_config(mode, group_size, not_converted)
+    section["tied_head_copied"] = bool(model.config.tie_word_embeddings and is_quantized(model.lm_head))
+    return section
 
 
 def quantization_config(mode: str, group_size: int | None, not_converted: list[str]) -> dict:
@@ -109,36 +105,39 @@ def read_quantization_config(section: dict, source: str) -> tuple[str, int | Non
     return section["mode"], group_size, list(section.get("modules_to_not_convert") or [])
 
 
-def convert_for_loading(model: nn.Module, section: dict, source: str) -> None:
-    """Swap the linears of a freshly built (meta) model for empty quantized modules, ready to be filled."""
-    mode, group_size, not_converted = read_quantization_config(section, source)
-    for name in target_linears(model, not_converted):
-        linear = model.get_submodule(name)
-        if mode == "int8":
-            new = Int8Linear(linear.in_features, linear.out_features, linear.bias is not None)
-        else:
-            check_group_size(group_size, linear.in_features, name)
-            new = Int4Linear(linear.in_features, linear.out_features, group_size, linear.bias is not None)
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, new)
-    model.quantization = quantization_config(mode, group_size, not_converted)
-
-
-def finish_loading(model: nn.Module) -> None:
-    """After the tensors are in place: pack int4 weights for the CPU kernel."""
-    for m in model.modules():
-        if isinstance(m, Int4Linear):
-            m.prepare(keep_portable=False)
-
-
-def ensure_quantized(model: nn.Module, mode: str, group_size: int | None = None) -> nn.Module:
-    """``LLM(quantization=...)``: quantize a float model; accept a checkpoint already quantized the same way."""
-    done = getattr(model, "quantization", None)
-    if not done:
-        return quantize_model(model, mode, group_size)
+def check_matches(done: dict, mode: str, group_size: int | None) -> None:
+    """``LLM(quantization=...)`` on a checkpoint already quantized: the same quantization is fine."""
     want = check_mode(mode, group_size)
     if done["mode"] != mode or (group_size is not None and done["group_size"] != want):
         have = done["mode"] + (f" (group size {done['group_size']})" if done["group_size"] else "")
         raise ValueError(f"the checkpoint is already quantized as {have}; load it without quantization= "
                          "or quantize the float checkpoint instead")
+
+
+def ensure_quantized(model: nn.Module, mode: str, group_size: int | None = None) -> nn.Module:
+    """Quantize a float model; accept a model already quantized the same way."""
+    done = getattr(model, "quantization", None)
+    if not done:
+        return quantize_model(model, mode, group_size)
+    check_matches(done, mode, group_size)
     return model
+
+
+
+def quantize_linear(linear: nn.Module, mode: str, group_size: int | None = None, keep_portable: bool = False,
+                    method=None) -> Linear:
+    """A quantized ``Linear`` made from a float ``nn.Linear`` or ``Linear`` (which is left as it is), in the
+    layout this machine runs best, or in ``method`` (a from-float int8 / int4 method) when given."""
+    group_size = check_mode(mode, group_size)
+    w = linear.weight.detach()
+    n, k = w.shape
+    if method is None and mode == "int8":
+        method = int8_method(k, n, w.device, from_float=True)
+    elif method is None:
+        method = int4_method(k, n, group_size, w.device, w.dtype, from_float=True, keep_portable=keep_portable)
+    layer = Linear(k, n, linear.bias is not None, method, w.dtype, w.device)
+    layer.load_weight("weight", w.clone())
+    if linear.bias is not None:
+        layer.load_weight("bias", linear.bias.detach().clone())
+    layer.process_weights_after_loading()
+    return layer

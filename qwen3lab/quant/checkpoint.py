@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .int4 import Int4Linear
+from ..model.linear import Linear
+from ..model.packed import checkpoint_tensors
+from .int4 import Int4Method
 
 # What the engine reads from a checkpoint folder besides the weights and config.json.
 CARRIED_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
@@ -29,10 +31,11 @@ CARRIED_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja
 def quantized_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors of a quantized model under their checkpoint names (tied weights once, no buffers)."""
     for name, m in model.named_modules():
-        if isinstance(m, Int4Linear) and m.weight.numel() == 0:
+        if isinstance(m, Linear) and isinstance(m.method, Int4Method) and (
+                m.weight.numel() == 0 or m.scales_and_zeros.numel() == 0):
             raise ValueError(f"'{name}' keeps only its CPU-packed int4 weight, which is not portable; quantize with "
                              "quantize_model(..., keep_portable=True) before saving (`qwen3lab quantize` does)")
-    return {name: p.detach().contiguous() for name, p in model.named_parameters()}
+    return {name: t.detach().contiguous() for name, t in checkpoint_tensors(model)}
 
 
 def save_quantized(model: nn.Module, out: str | Path, source: str | Path) -> Path:

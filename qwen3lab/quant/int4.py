@@ -1,12 +1,12 @@
 """Weight-only int4: asymmetric, one scale and zero per group of ``group_size`` input channels.
 
 Owns: turning a float weight [N, K] into 4-bit values plus ``scales_and_zeros``, the portable
-on-disk nibble layout, packing for the CPU kernel, and ``Int4Linear``, the drop-in replacement for
-``nn.Linear``. On a CPU with AVX-512 BF16/VNNI, few-row products (decoding) run in qwen3lab's kernel
-straight from the nibble layout (``qwen3lab/kernels``) and prefill-sized ones in the float GEMM on a
-transient bf16 copy. Otherwise, on the CPU the product runs in ``aten._weight_int4pack_mm_for_cpu``
-(tinygemm semantics); elsewhere, or for widths that kernel cannot pack (N not a multiple of 16), the
-weight is dequantized per call: correct everywhere, fast only on the CPU.
+on-disk nibble layout, and the int4 linear methods (``model/linear.py``), one per layout, chosen once
+per layer by ``quant/methods.py``: ``Int4Amx`` (nibbles repacked into AMX tile order),
+``Int4Avx512`` (qwen3lab's GEMV straight from the nibbles), ``Int4CpuPacked``
+(``aten._weight_int4pack_mm_for_cpu``, tinygemm semantics) and ``Int4Portable`` (dequantized per
+call: correct everywhere, fast nowhere). Prefill-sized products run in the float GEMM on a
+transient bf16 copy.
 
 Dequantization, for output row n and input column k in group g = k // group_size:
     w[n, k] = (q[n, k] - 8) * scales_and_zeros[g, n, 0] + scales_and_zeros[g, n, 1],   q in 0..15
@@ -16,8 +16,8 @@ State (what a quantized checkpoint stores, HF-style names):
                                  q[:, 2j + 1] in its high nibble (portable, unlike the kernel's layout)
   ``<module>.scales_and_zeros``  [K // group_size, N, 2] in the model's float dtype (tinygemm's layout)
   ``<module>.bias``              as in the float model, when the layer has one
-The kernel's packed form depends on the CPU's instruction set (AVX-512 / AVX2 / plain), so it is
-built at load time and never written to disk.
+The kernels' packed forms depend on the CPU's instruction set, so they are built at load time and
+never written to disk.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
-from ..weights.memory import release_file_pages
+from ..memory import release_file_pages
+from ..model.linear import Linear, LinearMethod
 
 GROUP_SIZES = (32, 64, 128, 256)  # what the CPU kernel accepts
-# Measured with benchmarks/quant_quality.py on SmolLM2-135M (corpus perplexity vs bf16): g32 +5%,
-# g64 +55%, g128 impossible (576 = 4.5 x 128). Small groups cost 1/16 byte per weight more at g32 than
-# g64, far less than the quality they keep.
+# g32 keeps far more quality than g64 on small models (benchmarks/quant_quality.py) for 1/16 byte more
+# per weight.
 DEFAULT_GROUP_SIZE = 32
 AMX_PREFILL_ROWS = 128  # from this many rows on, the AMX form dequantizes for the float GEMM
 _PACK_ROWS = 4096  # pack in row chunks (a multiple of the kernel's 64-row block) to bound the int32 copy
@@ -86,112 +86,122 @@ def pack_for_cpu(packed: torch.Tensor) -> torch.Tensor:
     return torch.cat(chunks) if len(chunks) > 1 else chunks[0]
 
 
-class Int4Linear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, group_size: int = DEFAULT_GROUP_SIZE,
-                 bias: bool = False, dtype: torch.dtype = torch.bfloat16, device=None):
-        super().__init__()
-        check_group_size(group_size, in_features)
-        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
-        # Parameters (not buffers) so the loader's shape checks and placement treat them like float weights.
-        self.weight = nn.Parameter(torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device),
-                                   requires_grad=False)
-        self.scales_and_zeros = nn.Parameter(
-            torch.empty(in_features // group_size, out_features, 2, dtype=dtype, device=device), requires_grad=False)
-        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device),
-                                 requires_grad=False) if bias else None
-        self.cpu_packed: torch.Tensor | None = None  # built by prepare(); not part of the state
-        self.kernel_scales = self.kernel_zeros = None  # [N, groups] bf16 for qwen3lab's kernel (prepare())
-        # The AMX kernel's forms (prepare()): nibbles repacked into tile order, scales / zeros [N / 16, groups, 16].
-        self.amx_weight = self.amx_scales = self.amx_zeros = None
+class Int4Method(LinearMethod):
+    """The int4 layout. ``from_float``: the checkpoint holds a float weight, quantized after loading;
+    ``keep_portable``: keep the on-disk nibbles and scales next to a kernel's form (to save them)."""
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, group_size: int, weight: torch.Tensor | None = None,
-                    name: str = "") -> "Int4Linear":
-        """Quantize ``linear`` (or ``weight``, e.g. a tied embedding matrix, with linear's bias)."""
-        w = linear.weight if weight is None else weight
-        check_group_size(group_size, w.shape[1], name)
-        mod = cls(w.shape[1], w.shape[0], group_size, linear.bias is not None, w.dtype, w.device)
-        q, sz = quantize_int4(w, group_size, w.dtype)
-        mod.weight.data, mod.scales_and_zeros.data = pack_nibbles(q), sz
-        if linear.bias is not None:
-            mod.bias.data = linear.bias.detach().clone()
-        return mod
+    name = "int4-portable"
 
-    def prepare(self, keep_portable: bool = False) -> None:
-        """Pack for the CPU kernel once the weights are in place; drop the portable copy unless asked to keep it
-        (it is what a checkpoint stores: ``qwen3lab quantize`` keeps it, inference needs only the packed one)."""
-        if self.weight.device.type != "cpu":
-            return  # dequantize per call instead
-        if (kernels.amx() and self.out_features % 16 == 0 and self.scales_and_zeros.dtype == torch.bfloat16
-                and self.in_features % self.group_size == 0):  # the tiles take K in steps of 32 (g32) or 64
-            ops = kernels.ops()
-            self.amx_weight = ops.amx_pack_int4(self.weight.data, self.group_size)
-            self.amx_scales = ops.amx_group_vectors(self.scales_and_zeros[..., 0])
-            self.amx_zeros = ops.amx_group_vectors(self.scales_and_zeros[..., 1])
-            if not keep_portable:
-                release_file_pages([self.weight.data, self.scales_and_zeros.data])
-                self.weight.data = torch.empty(0, dtype=torch.uint8)
-                self.scales_and_zeros.data = torch.empty(0, dtype=self.scales_and_zeros.dtype)
+    def __init__(self, group_size: int = DEFAULT_GROUP_SIZE, from_float: bool = False, keep_portable: bool = False):
+        check_group_size(group_size)
+        self.group_size, self.from_float, self.keep_portable = group_size, from_float, keep_portable
+
+    def create_weights(self, layer: Linear, dtype, device) -> None:
+        if self.from_float:
+            return super().create_weights(layer, dtype, device)
+        n, k, g = layer.out_features, layer.in_features, self.group_size
+        layer.add_weight("weight", torch.empty(n, k // 2, dtype=torch.uint8, device=device))
+        layer.add_weight("scales_and_zeros", torch.empty(k // g, n, 2, dtype=dtype or torch.bfloat16, device=device),
+                         output_dim=1)
+
+    def process_weights_after_loading(self, layer: Linear) -> None:
+        layer.group_size = self.group_size
+        if self.from_float:
+            w = layer.weight
+            q, sz = quantize_int4(w, self.group_size, w.dtype)
+            layer.drop_weight("weight")  # a tied head's matrix stays the embedding's
+            layer.add_weight("weight", pack_nibbles(q))
+            layer.add_weight("scales_and_zeros", sz, output_dim=1)
+            self.from_float = False
+        self.pack(layer)
+
+    def pack(self, layer: Linear) -> None:
+        """Build this layout's kernel form from the portable tensors."""
+
+    def drop_portable(self, layer: Linear, *names: str) -> None:
+        """Drop portable tensors a kernel form replaces, handing their file pages back."""
+        if self.keep_portable:
             return
-        if (self.in_features % 128 == 0 and self.scales_and_zeros.dtype == torch.bfloat16
-                and kernels.ops() is not None):
-            # qwen3lab's kernel reads the portable nibbles; scales and zeros row-major per output channel.
-            self.kernel_scales = self.scales_and_zeros[..., 0].t().contiguous()
-            self.kernel_zeros = self.scales_and_zeros[..., 1].t().contiguous()
-            if not keep_portable:  # the kernel's copies replace them (a quarter of the nibbles' bytes at g32)
-                # Read from a memory-mapped checkpoint, their pages would stay resident: hand them back.
-                release_file_pages([self.scales_and_zeros.data])
-                self.scales_and_zeros.data = torch.empty(0, dtype=self.scales_and_zeros.dtype)
-            return
-        if self.out_features % 16:
-            return  # dequantize per call instead
-        self.cpu_packed = pack_for_cpu(self.weight.data)
-        if not keep_portable:
-            self.weight.data = torch.empty(0, dtype=torch.uint8)
+        tensors = [getattr(layer, n) for n in names]
+        release_file_pages([t.data for t in tensors])
+        for n, t in zip(names, tensors):
+            setattr(layer, n, nn.Parameter(t.data.new_empty(0), requires_grad=False))
 
-    def _amx_dequantized(self) -> torch.Tensor:
-        """The bf16 weight from the AMX form (inputs the kernel does not take: float32, autograd)."""
-        return kernels.ops().amx_dequant_int4(self.amx_weight, self.amx_scales, self.amx_zeros, self.group_size)
+    def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+        out = self.product(layer, x).reshape(*x.shape[:-1], layer.out_features)
+        return out if layer.bias is None else out + layer.bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.amx_weight is not None and x.device.type == "cpu":
-            kernel = kernels.usable(x, self.in_features, max_rows=None)
-            if kernel and x.numel() // self.in_features >= AMX_PREFILL_ROWS:
-                # Prefill-sized: dequantize (slices of output rows, kernels.sliced_linear) and use the float
-                # GEMM; tiles of 16 rows re-read and unpack the weight per pass: measured 19456 x 2560 g32,
-                # 512 rows, 107 ms against 55 ms; at 128 rows 23 vs 26.
-                out = kernels.sliced_linear(x, self.out_features, self.in_features, lambda n0, n1, buf: kernels.ops(
-                    ).amx_dequant_int4(self.amx_weight[n0:n1], self.amx_scales[n0 // 16: n1 // 16],
-                                       self.amx_zeros[n0 // 16: n1 // 16], self.group_size, buf))
-            elif kernel:
-                out = kernels.ops().amx_int4(x.reshape(-1, self.in_features).contiguous(), self.amx_weight,
-                                             self.amx_scales, self.amx_zeros, self.group_size)
-            else:
-                out = F.linear(x, self._amx_dequantized().to(x.dtype))
-            out = out.reshape(*x.shape[:-1], self.out_features)
-            return out if self.bias is None else out + self.bias
-        if self.kernel_scales is not None and x.device.type == "cpu":
-            if kernels.usable(x, self.in_features, multiple=128):
-                out = kernels.ops().gemv_int4(x.reshape(-1, self.in_features).contiguous(), self.weight,
-                                              self.kernel_scales, self.kernel_zeros, self.group_size)
-            else:
-                w = kernels.ops().dequant_int4(self.weight, self.kernel_scales, self.kernel_zeros, self.group_size,
-                                                 kernels.dequant_buffer(self.in_features * self.out_features))
-                out = F.linear(x, w.to(x.dtype))
-            out = out.reshape(*x.shape[:-1], self.out_features)
-            return out if self.bias is None else out + self.bias
-        if self.cpu_packed is not None and x.device.type == "cpu":
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                x.reshape(-1, self.in_features).contiguous(), self.cpu_packed, self.group_size,
-                self.scales_and_zeros.to(x.dtype))
-            out = out.reshape(*x.shape[:-1], self.out_features)
-            return out if self.bias is None else out + self.bias
-        if self.weight.numel() == 0:
-            raise RuntimeError("Int4Linear: only the CPU-packed weight is left (prepare(keep_portable=False)), "
-                               f"so it cannot run on {x.device}; load the model on that device instead")
-        w = dequantize_int4(self.weight, self.scales_and_zeros, self.group_size).to(x.dtype)
-        return F.linear(x, w, self.bias)
+    def product(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+        if layer.weight.numel() == 0:
+            raise RuntimeError(f"int4 layer: only the {self.name} kernel form is left, so it cannot run on "
+                               f"{x.device}; load the model on that device instead")
+        return F.linear(x, dequantize_int4(layer.weight, layer.scales_and_zeros, self.group_size).to(x.dtype))
 
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"group_size={self.group_size}, bias={self.bias is not None}")
+
+Int4Portable = Int4Method
+
+
+class Int4CpuPacked(Int4Method):
+    """PyTorch's int4 CPU kernel on its own packed layout (N a multiple of 16)."""
+
+    name = "int4-aten-packed"
+
+    def pack(self, layer):
+        layer.cpu_packed = pack_for_cpu(layer.weight.data)
+        if not self.keep_portable:
+            layer.weight = nn.Parameter(torch.empty(0, dtype=torch.uint8), requires_grad=False)
+
+    def product(self, layer, x):
+        if x.device.type != "cpu":
+            return super().product(layer, x)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, layer.in_features).contiguous(),
+                                                          layer.cpu_packed, self.group_size,
+                                                          layer.scales_and_zeros.to(x.dtype))
+
+
+class Int4Avx512(Int4Method):
+    """qwen3lab's GEMV straight from the portable nibbles, scales and zeros row-major per output channel
+    (K a multiple of 128, bf16 scales)."""
+
+    name = "int4-avx512"
+
+    def pack(self, layer):
+        sz = layer.scales_and_zeros
+        layer.kernel_scales, layer.kernel_zeros = sz[..., 0].t().contiguous(), sz[..., 1].t().contiguous()
+        self.drop_portable(layer, "scales_and_zeros")  # the kernel's copies replace them
+
+    def product(self, layer, x):
+        ops = kernels.compiled()
+        if kernels.usable(x, layer.in_features, multiple=128):
+            return ops.gemv_int4(x.reshape(-1, layer.in_features).contiguous(), layer.weight, layer.kernel_scales,
+                                 layer.kernel_zeros, self.group_size)
+        w = ops.dequant_int4(layer.weight, layer.kernel_scales, layer.kernel_zeros, self.group_size,
+                             kernels.dequant_buffer(layer.in_features * layer.out_features))
+        return F.linear(x, w.to(x.dtype))
+
+
+class Int4Amx(Int4Method):
+    """Nibbles repacked into AMX tile order, scales / zeros [N / 16, groups, 16] (N a multiple of 16, bf16
+    scales). Prefill-sized inputs dequantize slices of output rows for the float GEMM: tiles of 16 rows
+    would re-read and unpack the weight per pass."""
+
+    name = "int4-amx"
+
+    def pack(self, layer):
+        ops = kernels.compiled()
+        layer.amx_weight = ops.amx_pack_int4(layer.weight.data, self.group_size)
+        layer.amx_scales = ops.amx_group_vectors(layer.scales_and_zeros[..., 0])
+        layer.amx_zeros = ops.amx_group_vectors(layer.scales_and_zeros[..., 1])
+        self.drop_portable(layer, "weight", "scales_and_zeros")
+
+    def product(self, layer, x):
+        ops, g = kernels.compiled(), self.group_size
+        if not kernels.usable(x, layer.in_features, max_rows=None):  # float32 or autograd
+            w = ops.amx_dequant_int4(layer.amx_weight, layer.amx_scales, layer.amx_zeros, g)
+            return F.linear(x, w.to(x.dtype))
+        if x.numel() // layer.in_features >= AMX_PREFILL_ROWS:
+            return kernels.sliced_linear(x, layer.out_features, layer.in_features, lambda n0, n1, buf: ops.amx_dequant_int4(
+                layer.amx_weight[n0:n1], layer.amx_scales[n0 // 16: n1 // 16], layer.amx_zeros[n0 // 16: n1 // 16], g,
+                buf))
+        return ops.amx_int4(x.reshape(-1, layer.in_features).contiguous(), layer.amx_weight, layer.amx_scales,
+                            layer.amx_zeros, g)

@@ -30,7 +30,7 @@ def make_drafter(spec: dict, target, max_model_len: int, max_num_seqs: int, dtyp
 
         if not spec.get("model"):
             raise ValueError("speculative method 'draft' needs 'model': a smaller checkpoint with the same tokenizer")
-        ckpt = load_checkpoint(spec["model"], dtype, device)
+        ckpt = load_checkpoint(spec["model"], dtype, device, cpu_kernels=True)  # the target's decode path
         if ckpt.config.vocab_size < target.config.vocab_size - 1024:
             raise ValueError(f"draft model {spec['model']} has vocab {ckpt.config.vocab_size}, the target "
                              f"{target.config.vocab_size}: a draft must share the target's tokenizer")

@@ -37,12 +37,6 @@ class DraftModelDrafter:
                  topk: int = 1, num_steps: int | None = None):
         self.model, self.num_tokens, self.device = model, num_tokens, torch.device(device)
         self.topk, self.num_steps = tree_shape(num_tokens, topk, num_steps)
-        if self.device.type == "cpu":  # the target's decode path: fused projections and the CPU kernels
-            from ..kernels import install
-            from ..model.fuse import fuse_projections
-
-            fuse_projections(model)
-            install(model)
         cfg = model.config
         per_block = bytes_per_block(cfg, block_size, dtype)
         wanted = -(-max_num_seqs * (max_model_len + max(num_tokens, topk * self.num_steps)) // block_size)

@@ -60,12 +60,6 @@ class Eagle3Drafter:
                  topk: int = 1, num_steps: int | None = None):
         self.model, self.num_tokens, self.device = model, num_tokens, torch.device(device)
         self.topk, self.num_steps = tree_shape(num_tokens, topk, num_steps)
-        if self.device.type == "cpu":  # as for the target: drafting is k tiny forwards, overhead is most of it
-            from ..kernels import install
-            from ..model.fuse import fuse_layer
-
-            fuse_layer(model.midlayer)
-            install(model)
         tcfg, base = target.config, model.config.base
         if base.hidden_size != tcfg.hidden_size:
             raise ValueError(f"EAGLE3 draft hidden_size {base.hidden_size} differs from the target's "

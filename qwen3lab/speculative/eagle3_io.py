@@ -16,6 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..config import read_json
+from ..model.packed import pack_state, unpack_state
+from ..model.plan import ModelPlan
 from .eagle3_model import Eagle3Config, Eagle3Model
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
@@ -48,7 +50,9 @@ def load_eagle3(path: str | Path, dtype: torch.dtype = torch.float32, device="cp
         raise ValueError(f"{folder}: fc.weight is {tuple(fc.shape)}; expected [hidden, {config.num_aux_layers} x "
                          f"hidden] = [{config.base.hidden_size}, {config.num_aux_layers * config.base.hidden_size}] "
                          "(three fused target layers; other counts need eagle_aux_hidden_state_layer_ids)")
-    model = Eagle3Model(config, own_embeddings="embed_tokens.weight" in tensors)
+    plan = ModelPlan.for_device(device, dtype) if dtype == torch.bfloat16 else ModelPlan()
+    model = Eagle3Model(config, own_embeddings="embed_tokens.weight" in tensors, plan=plan)
+    tensors = pack_state(model, tensors)
     expected = model.state_dict()
     missing = [n for n in expected if n not in tensors and n != "t2d"]
     if missing:
@@ -89,6 +93,6 @@ def save_eagle3(model: Eagle3Model, path: str | Path, extra_config: dict | None 
         cfg["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": list(c.aux_layer_ids)}
     cfg.update(extra_config or {})
     (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in unpack_state(model, model.state_dict()).items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder

@@ -30,7 +30,9 @@ from ..config import ModelConfig
 from ..model import AttentionMetadata
 from ..model.attention import Attention
 from ..model.decoder import MLP
+from ..model.linear import Linear
 from ..model.norm import RMSNorm
+from ..model.plan import DEFAULT_PLAN, ModelPlan
 from ..model.rope import RotaryEmbedding
 
 
@@ -70,18 +72,14 @@ class Eagle3Config:
 class Eagle3Layer(nn.Module):
     """``midlayer``: a Llama decoder layer whose q/k/v projections read [embedding, hidden]."""
 
-    def __init__(self, config: ModelConfig, norm_before_residual: bool = False):
+    def __init__(self, config: ModelConfig, norm_before_residual: bool = False, plan: ModelPlan = DEFAULT_PLAN):
         super().__init__()
         h = config.hidden_size
-        self.self_attn = Attention(config, 0)
-        q, kv, b = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim, config.qkv_bias
-        self.self_attn.q_proj = nn.Linear(2 * h, q, bias=b)
-        self.self_attn.k_proj = nn.Linear(2 * h, kv, bias=b)
-        self.self_attn.v_proj = nn.Linear(2 * h, kv, bias=b)
-        self.mlp = MLP(config)
-        self.hidden_norm = RMSNorm(h, config.rms_norm_eps)
-        self.input_layernorm = RMSNorm(h, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(h, config.rms_norm_eps)
+        self.self_attn = Attention(config, 0, plan, "midlayer.self_attn", input_size=2 * h)
+        self.mlp = MLP(config, plan, "midlayer.mlp")
+        self.hidden_norm = RMSNorm(h, config.rms_norm_eps, plan.ops)
+        self.input_layernorm = RMSNorm(h, config.rms_norm_eps, plan.ops)
+        self.post_attention_layernorm = RMSNorm(h, config.rms_norm_eps, plan.ops)
         self.norm_before_residual = norm_before_residual
 
     def attn_input(self, embeds: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,14 +94,16 @@ class Eagle3Layer(nn.Module):
 
 
 class Eagle3Model(nn.Module):
-    def __init__(self, config: Eagle3Config, own_embeddings: bool = False):
+    def __init__(self, config: Eagle3Config, own_embeddings: bool = False, plan: ModelPlan = DEFAULT_PLAN):
+        """``plan``: the layouts and kernels (``ModelPlan.for_device`` for inference; the default trains)."""
         super().__init__()
         self.config = config
         c = config.base
-        self.fc = nn.Linear(config.num_aux_layers * c.hidden_size, c.hidden_size, bias=False)
-        self.midlayer = Eagle3Layer(c, config.norm_before_residual)
-        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.lm_head = nn.Linear(c.hidden_size, config.draft_vocab_size, bias=False)
+        h, aux, v = c.hidden_size, config.num_aux_layers * c.hidden_size, config.draft_vocab_size
+        self.fc = Linear(aux, h, False, plan.linear(("fc",), aux, (h,), False), plan.dtype)
+        self.midlayer = Eagle3Layer(c, config.norm_before_residual, plan)
+        self.norm = RMSNorm(h, c.rms_norm_eps, plan.ops)
+        self.lm_head = Linear(h, v, False, plan.linear(("lm_head",), h, (v,), False), plan.dtype)
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size) if own_embeddings else None
         self.register_buffer("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.long))
         self.register_buffer("t2d", torch.ones(c.vocab_size, dtype=torch.bool) if config.draft_vocab_size == c.vocab_size

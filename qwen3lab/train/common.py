@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..lora import apply_lora, load_adapter
-from ..weights.memory import release_free_memory  # noqa: F401 - re-exported for the trainers
+from ..memory import release_free_memory  # noqa: F401 - re-exported for the trainers
 
 
 def prepare_trainable(model: nn.Module, lora_r: int, lora_alpha: float, lora_dropout: float,

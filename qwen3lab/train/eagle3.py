@@ -68,10 +68,7 @@ def ttt_unroll(model: Eagle3Model, embed, ids: torch.Tensor, aux: torch.Tensor, 
         # Row t at step i: token x_{t+1+i} at position t+i.
         tok = F.pad(ids[:, 1 + i:], (0, 1 + i))
         x, residual = mid.attn_input(embed(tok), hidden)
-        if "qkv_proj" in attn._modules:  # a drafter's model, fused for inference (model/fuse.py)
-            q, k, v = attn.qkv_proj(x).split(attn.qkv_sizes, dim=-1)
-        else:
-            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        q, k, v = attn.qkv_proj(x).split(attn.qkv_sizes, dim=-1)
         q, k, v = q.reshape(B, T, H, d), k.reshape(B, T, KV, d), v.reshape(B, T, KV, d)
         cos, sin = model.rotary_emb(torch.arange(T) + i, x.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

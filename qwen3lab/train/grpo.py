@@ -128,9 +128,9 @@ def train_grpo(cfg: GRPOConfig) -> list[dict]:
     if cfg.prompts_per_step % world:
         raise ValueError(f"prompts_per_step {cfg.prompts_per_step} must be divisible by the processes ({world})")
     torch.manual_seed(cfg.seed + rank)
-    # Unfused projections: LoRA targets q_proj ... up_proj by name, and this model is trained.
+    # The engine's own model is trained: rollouts and updates share it.
     llm = LLM(cfg.model, dtype="float32", device=cfg.device, max_num_seqs=64, kv_cache_memory_gb=1.0,
-              max_num_batched_tokens=2048, fuse_projections=False)
+              max_num_batched_tokens=2048)
     model = llm.model.train()
     params = prepare_trainable(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules,
                                cfg.init_adapter)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .memory import file_location, release_file_pages
+from ..memory import file_location, release_file_pages
 
 
 class FileRowsEmbedding(nn.Module):

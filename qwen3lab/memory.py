@@ -1,7 +1,7 @@
 """Handing memory-mapped checkpoint pages back once their tensors have been copied.
 
-Loaded weights are views of the checkpoint's memory-mapped files. When a weight is copied (stacked by
-``model/fuse.py``, repacked by ``Int4Linear.prepare``), the pages the copy read stay counted in the
+Loaded weights are views of the checkpoint's memory-mapped files. When a weight is copied (into a packed
+q/k/v or gate/up parameter, repacked for a kernel), the pages the copy read stay counted in the
 process's resident memory for as long as any tensor keeps the file mapped, although nothing reads
 them again. ``release_file_pages`` drops them from this process (``madvise(MADV_DONTNEED)``); they
 stay in the page cache, and a later read would fault them back in from the file.
