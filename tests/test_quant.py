@@ -166,7 +166,7 @@ def test_skip_keeps_layers_in_float(folder, tmp_path):
     quantize_model(ckpt.model, "int8", skip=["lm_head", "*.down_proj"], keep_portable=True)
     assert ckpt.model.lm_head.weight is ckpt.model.model.embed_tokens.weight  # still tied
     assert isinstance(ckpt.model.model.layers[0].mlp.down_proj.method, FloatLinear)
-    from qwen3lab.quant.checkpoint import save_quantized
+    from qwen3lab.weights.quantized_export import save_quantized
 
     save_quantized(ckpt.model, tmp_path / "q", folder)
     cfg = json.loads((tmp_path / "q" / "config.json").read_text())
@@ -190,7 +190,7 @@ def test_clear_errors(folder, tmp_path):
         quantize_model(model, "int4", 256)
     assert not any(isinstance(getattr(m, "method", None), (Int4Method, Int8Method)) for m in model.modules())
     with pytest.raises(ValueError, match="is not quantized"):
-        from qwen3lab.quant.checkpoint import save_quantized
+        from qwen3lab.weights.quantized_export import save_quantized
 
         save_quantized(model, tmp_path / "x", folder)
     quantize_model(model, "int4", 32)

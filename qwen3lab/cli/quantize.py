@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import read_json
     from ..llm import resolve_dtype
     from ..quant.apply import check_mode, quantize_model
-    from ..quant.checkpoint import save_quantized
+    from ..weights.quantized_export import save_quantized
     from ..weights.loader import load_checkpoint
 
     check_mode(args.mode, args.group_size)

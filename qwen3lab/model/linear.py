@@ -75,7 +75,7 @@ class Linear(nn.Module):
     def add_weight(self, name: str, value: torch.Tensor, output_dim: int = 0) -> None:
         """Register a loadable tensor as a parameter, so the loader's checks and placement see it (float ones
         trainable, as ``nn.Linear``'s; the loader freezes what it loads)."""
-        setattr(self, name, nn.Parameter(value, requires_grad=value.is_floating_point()))
+        self.register_parameter(name, nn.Parameter(value, requires_grad=value.is_floating_point()))
         self.output_dims[name] = output_dim
 
     def drop_weight(self, name: str) -> None:
@@ -94,12 +94,12 @@ class Linear(nn.Module):
         """Place a checkpoint tensor: whole (kept as given, a view of the file where it is one) or as part
         ``shard`` of a packed tensor, copied into its rows; the source's file pages are then handed back."""
         if shard is None:
-            setattr(self, name, nn.Parameter(value, requires_grad=False))
+            self.register_parameter(name, nn.Parameter(value, requires_grad=False))
             return
         param = getattr(self, name)
         if param.is_meta or param.dtype != value.dtype or param.device != value.device:
             param = nn.Parameter(torch.empty(param.shape, dtype=value.dtype, device=value.device), requires_grad=False)
-            setattr(self, name, param)
+            self.register_parameter(name, param)
         dim = self.output_dims[name]
         param.data.narrow(dim, sum(self.output_sizes[:shard]), self.output_sizes[shard]).copy_(value)
         release_file_pages([value])

@@ -36,14 +36,13 @@ def part_names(module_name: str) -> tuple[str, ...]:
 
 def checkpoint_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(Hugging Face name, tensor) for every parameter, packed ones split back into their parts."""
-    modules = dict(model.named_modules())
     for name, p in model.named_parameters():  # tied weights once
         module, _, tensor = name.rpartition(".")
         parts = part_names(module)
         if len(parts) == 1:
             yield name, p
             continue
-        layer = modules[module]
+        layer = model.get_submodule(module)
         dim, sizes = layer.output_dims[tensor], layer.output_sizes
         for part, t in zip(parts, p.split(sizes, dim=dim)):
             yield f"{part}.{tensor}", t
@@ -51,14 +50,14 @@ def checkpoint_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 
 def unpack_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A ``state_dict`` of ``model`` under checkpoint names: packed tensors split into their parts."""
-    modules, out = dict(model.named_modules()), {}
+    out = {}
     for name, t in state.items():
         module, _, tensor = name.rpartition(".")
         parts = part_names(module)
         if len(parts) == 1:
             out[name] = t
             continue
-        layer = modules[module]
+        layer = model.get_submodule(module)
         out.update((f"{p}.{tensor}", x) for p, x in zip(parts, t.split(layer.output_sizes, dim=layer.output_dims[tensor])))
     return out
 
@@ -66,7 +65,7 @@ def unpack_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, 
 def pack_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Checkpoint-named tensors -> ``model``'s state-dict names, parts stacked into their packed tensors
     (parts missing from ``tensors`` leave the packed tensor out, for the caller's missing-tensor check)."""
-    modules, out, packed = dict(model.named_modules()), {}, {}
+    out, packed = {}, {}
     for name, t in tensors.items():
         module, tensor, shard = locate(name)
         if shard is None:
@@ -75,7 +74,10 @@ def pack_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, 
             packed.setdefault(f"{module}.{tensor}", {})[shard] = t
     for key, parts in packed.items():
         module, _, tensor = key.rpartition(".")
-        layer = modules.get(module)
+        try:
+            layer = model.get_submodule(module)
+        except AttributeError:
+            layer = None
         if layer is None or len(parts) != len(layer.output_sizes):
             out.update((f"{part_names(module)[i]}.{tensor}", t) for i, t in parts.items())  # reported as unknown
             continue

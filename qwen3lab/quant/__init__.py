@@ -1,5 +1,5 @@
 """Weight-only int8 / int4 quantization: the layouts as linear methods, their choice per layer, the
-in-place conversion of a loaded model (apply.py) and the checkpoint format (checkpoint.py)."""
+in-place conversion of a loaded model (apply.py); the checkpoint format is weights/quantized_export.py."""
 
 from .apply import check_mode, ensure_quantized, quantize_model
 from .int4 import DEFAULT_GROUP_SIZE, GROUP_SIZES, Int4Method

@@ -86,7 +86,7 @@ def describe(model: nn.Module, mode: str, group_size: int | None) -> dict:
 
 
 def quantization_config(mode: str, group_size: int | None, not_converted: list[str]) -> dict:
-    """The config.json section of a quantized checkpoint (described in checkpoint.py)."""
+    """The config.json section of a quantized checkpoint (described in weights/quantized_export.py)."""
     return {"quant_method": QUANT_METHOD, "mode": mode, "group_size": group_size,
             "modules_to_not_convert": list(not_converted)}
 

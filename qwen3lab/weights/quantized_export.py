@@ -3,10 +3,10 @@
 Owns: the folder layout (``model.safetensors`` with the quantized state, ``config.json`` with a
 ``quantization_config`` section, tokenizer and generation files carried over from the source) for
 both source kinds, a Hugging Face folder and a GGUF file. Leaves out the quantization itself
-(``apply.py``) and sharding: one safetensors file holds the whole model.
+(``qwen3lab/quant``) and sharding: one safetensors file holds the whole model.
 
 ``quantization_config`` = {"quant_method": "qwen3lab", "mode": "int8"|"int4", "group_size": G|null,
-"modules_to_not_convert": [...]}; tensor layouts are documented in int8.py and int4.py. A tied model
+"modules_to_not_convert": [...]}; tensor layouts are documented in quant/int8.py and quant/int4.py. A tied model
 whose head was quantized is written with ``tie_word_embeddings: false``: its head is now a separate
 (quantized) tensor while the embedding stays float.
 """
@@ -22,7 +22,7 @@ from torch import nn
 
 from ..model.linear import Linear
 from ..model.packed import checkpoint_tensors
-from .int4 import Int4Method
+from ..quant.int4 import Int4Method
 
 # What the engine reads from a checkpoint folder besides the weights and config.json.
 CARRIED_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
@@ -63,7 +63,7 @@ def save_quantized(model: nn.Module, out: str | Path, source: str | Path) -> Pat
 def _source_files(source: Path, out: Path) -> dict:
     """Copy tokenizer/generation files of ``source`` into ``out``; return its config as a dict."""
     if source.is_file():  # GGUF: config, tokenizer and generation defaults come from its metadata
-        from ..weights.gguf_loader import load_gguf
+        from .gguf_loader import load_gguf
 
         ckpt = load_gguf(source, torch.bfloat16)
         tok, meta = ckpt.tokenizer_files
