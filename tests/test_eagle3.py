@@ -101,7 +101,8 @@ def test_published_layout_at_qwen3_4b_widths_loads_and_drafts(tmp_path):
     draft = write_eagle3(tmp_path / "eagle3", **QWEN3_4B_DRAFT, dtype=torch.bfloat16)
     model = load_eagle3(draft, torch.bfloat16)
     assert model.fc.weight.shape == (2560, 3 * 2560)
-    assert model.midlayer.self_attn.q_proj.weight.shape == (4096, 5120)
+    qkv = model.midlayer.self_attn.qkv_proj  # q rows first: [4096, 5120]
+    assert qkv.output_sizes[0] == 4096 and qkv.in_features == 5120
     assert model.lm_head.weight.shape == (32000, 2560) and model.d2t.dtype == torch.int64
     assert int(model.t2d.sum()) == 32000 and bool(model.t2d[model.draft_to_target(torch.arange(32000))].all())
     del model

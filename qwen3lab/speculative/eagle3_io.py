@@ -52,8 +52,7 @@ def load_eagle3(path: str | Path, dtype: torch.dtype = torch.float32, device="cp
                          "(three fused target layers; other counts need eagle_aux_hidden_state_layer_ids)")
     plan = ModelPlan.for_device(device, dtype) if dtype == torch.bfloat16 else ModelPlan()
     model = Eagle3Model(config, own_embeddings="embed_tokens.weight" in tensors, plan=plan)
-    tensors = pack_state(model, tensors)
-    expected = model.state_dict()
+    expected = unpack_state(model, model.state_dict())  # under the checkpoint's (unpacked) names
     missing = [n for n in expected if n not in tensors and n != "t2d"]
     if missing:
         raise ValueError(f"{folder}: EAGLE3 tensors missing: {', '.join(missing)}")
@@ -70,7 +69,7 @@ def load_eagle3(path: str | Path, dtype: torch.dtype = torch.float32, device="cp
         t2d[torch.arange(config.draft_vocab_size) + tensors["d2t"].long()] = True
         tensors["t2d"] = t2d
     tensors["d2t"], tensors["t2d"] = tensors["d2t"].long(), tensors["t2d"].bool()
-    model.load_state_dict(tensors, strict=True)
+    model.load_state_dict(pack_state(model, tensors), strict=True)
     return model.to(device=device, dtype=dtype).eval()
 
 
