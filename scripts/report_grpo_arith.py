@@ -1,4 +1,4 @@
-"""Report (b): GRPO with LoRA on arithmetic word problems, SmolLM2-135M-Instruct, held-out accuracy.
+"""Report: GRPO with LoRA on arithmetic word problems, SmolLM2-135M-Instruct, held-out accuracy.
 
 Scores the starting checkpoint on held-out problems (greedy, maths reward), runs ``train_grpo`` with
 the ``math`` reward, scores again with the adapter. Prints one JSON summary.

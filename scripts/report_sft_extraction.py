@@ -1,4 +1,4 @@
-"""Report (a): LoRA SFT of SmolLM2-135M-Instruct on the repo's structured-extraction task.
+"""Report: LoRA SFT of SmolLM2-135M-Instruct on the repo's structured-extraction task.
 
 Generates train / held-out data with ``qwen3lab.data.extraction``, scores the base model's held-out
 exact match (greedy, our engine), trains a LoRA adapter with ``train_sft``, scores again with

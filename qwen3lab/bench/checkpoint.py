@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-# config.json values of the official dense checkpoints (see ../shared/QWEN3.md).
+# config.json values of the official dense checkpoints (Qwen/Qwen3-0.6B ... Qwen/Qwen3-8B on the Hub).
 SIZES = {
     "0.6b": dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
                  num_key_value_heads=8, tie_word_embeddings=True),

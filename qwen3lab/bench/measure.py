@@ -87,7 +87,7 @@ def measure_ours(path: str, quantization: str | None, prompt_len: int, decode_to
     t = time.perf_counter()
     llm.generate([prompt_ids(prompt_len, 1)], SamplingParams(max_tokens=1, **greedy))
     prefill = prompt_len / (time.perf_counter() - t)
-    # The figure is peak memory while decoding: loading (which reads the checkpoint) and the
+    # The reported figure is peak memory while decoding: loading (which reads the checkpoint) and the
     # 512-token prefill are behind us, but whatever they left allocated still counts.
     reset_peak_rss()
     stamps = [time.perf_counter() for _ in llm.stream(prompt_ids(32, 2), SamplingParams(max_tokens=decode_tokens,

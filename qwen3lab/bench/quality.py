@@ -3,7 +3,8 @@
 The real SmolLM2-135M-Instruct (the embedded default) or any --model scores the shipped corpus in
 bf16, then int8 and int4 at several group sizes; each row prints the relative change. Each window
 is scored twice: in one pass (prefill arithmetic) and 16 tokens at a time through the KV cache, which
-runs the decode kernels (for int8 and int4 those also quantize activations to int8 per 32 values).
+runs the decode kernels (for int8 and int4 those also quantize activations to int8, per 64 values for
+int8 and per 32 for int4).
 """
 
 from __future__ import annotations
