@@ -67,7 +67,7 @@ def release_free_memory() -> None:
 
     glibc keeps the memory of freed activations in its heaps: after training, the process would hold
     several GB it no longer uses, and whatever runs next (scoring with ``LLM``) would stack on top; after
-    loading, the transient copies of packing and fusing (measured: 0.36 GB for Qwen3-4B int4).
+    loading, the transient copies of quantizing and packing (0.36 GB for Qwen3-4B int4).
     """
     if sys.platform.startswith("linux"):
         try:

@@ -156,7 +156,7 @@ at::Tensor amx_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& 
         int64_t b = 0;
         for (; b + 2 <= NB; b += 2) {  // two blocks in flight: tile products overlap the conversions
           // 16 weight rows are 16 streams: fetching ahead (into the next row group at the end) beats
-          // waiting for the hardware prefetcher. Measured at 19456 x 2560, 1 row: 2.5 ms without, 2.0 with.
+          // waiting for the hardware prefetcher (a fifth of the time at one row).
           for (int64_t pb = b + kAhead; pb < b + kAhead + 2; ++pb) {
             const int8_t* p = pb < NB ? a + pb * kBlock : (g + 1 < g1 ? a + 16 * K + (pb - NB) * kBlock : nullptr);
             if (p) for (int i = 0; i < 16; ++i) _mm_prefetch(reinterpret_cast<const char*>(p + i * K), _MM_HINT_T0);
@@ -304,7 +304,6 @@ void int4_amx_groups(const int8_t* xq, const float* d, const float* bsum, int64_
 // against the pair's 64-k B tile C rows 0..M-1 hold block 2p's sums and rows M..2M-1 block 2p+1's: half
 // the tile loads and stores of int4_amx_groups for the same multiplier cycles (they scale with A's
 // rows). Two tile sets alternate so a pair's products run while the previous pair's sums are scaled.
-// Measured 19456 x 2560, 8 rows, weights from memory: 2.95 -> 2.74 ms; 4 rows 2.47 -> 2.08.
 template <int M>
 void int4_amx_pairs(const int8_t* xd, const float* d, const float* bsum, int64_t K, const uint8_t* W,
                     const uint16_t* s, const uint16_t* z, int64_t G, int64_t g0, int64_t g1, float* y, int64_t N) {
@@ -364,7 +363,7 @@ void int4_amx_pairs(const int8_t* xd, const float* d, const float* bsum, int64_t
       _tile_dpbsud(0, 1, 2);
     }
     // Unpacked three pairs ahead: a tile load of freshly stored bytes waits for the stores to reach the
-    // cache (one pair ahead measured 2.15 ms for 19456 x 2560 at 8 rows, three ahead 1.63, cache-warm).
+    // cache, and one pair ahead is not enough to hide that at 8 rows.
     if (i + kAheadPairs < total) unpack(i + kAheadPairs);
     if (i > 0) {  // the previous pair's sums: its products ran while this pair's were issued
       store(i - 1);

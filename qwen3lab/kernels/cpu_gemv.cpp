@@ -25,12 +25,9 @@
 namespace {
 
 // Activation rows per pass over the weights. More rows reuse each loaded weight more, but every row
-// adds dot products per weight. Measured at 19456 x 2560 with 2 threads: bf16 6 / 8 rows take
-// 5.8 / 6.2 ms in one pass against 7.1 / 7.2 ms in passes of 4; int4 spends more per weight on
-// unpacking, which extra rows share; int8 with int32 block sums: 8 rows 2.7 ms against 5.3 ms for
-// the earlier two passes of 4 (1 row: 1.5 ms).
-// (An fp32-FMA variant of the bf16 pass, weights split into even / odd halves, was slower at every
-// row count: 3.9 vs 3.4 ms at 2 rows, 7.6 vs 6.2 ms at 8.)
+// adds dot products per weight; up to 8 rows in one pass beat passes of 4 for bf16, int8 and int4
+// (int4's unpacking is shared by the extra rows). The bf16 pass uses the bf16 dot product: an
+// fp32-FMA form on even / odd halves is slower at every row count.
 constexpr int64_t kMaxRows = 4;
 // Software prefetch of the next rows' weights (a few KB ahead of the hardware prefetcher): +5-10% on
 // large bf16 / int4 matrices, neutral on int8.
@@ -123,10 +120,8 @@ QuantX quantize_rows(const at::BFloat16* x, int64_t M, int64_t K) {
 // the operand `vpdpbusd` wants unsigned: sum (q + 128) w = sum q w + 128 sum w, and the second term comes
 // from one more `vpdpbusd` of 128s against the weights, shared by all rows (no per-row sign flip).
 // Products accumulate in int32 over a block; each block then costs one conversion and FMA per row.
-// Block size, measured on the real SmolLM2 (perplexity through the decode path, 2048 tokens; bf16
-// weights-only int8 12.088): 32 (the earlier sign-flip kernel) 12.139, 64: 12.145, 128: 12.196,
-// 256 (llama.cpp's Q8_K): 12.313, i.e. +0.5% / +0.9% / +1.9%; kernel times at 1, 4 and 8 rows were
-// within the machine's noise of each other, so 64.
+// Block size 64: on the real SmolLM2 (perplexity through the decode path) 32 and 64 cost +0.4% over
+// weights-only int8, 128 +0.9% and 256 (llama.cpp's Q8_K) +1.9%, at equal kernel times.
 constexpr int64_t kQBlock = 64;
 
 struct QuantU8 {
@@ -405,7 +400,7 @@ inline void store_bf16x32(at::BFloat16* out, __m512 a, __m512 b) {  // a: elemen
 
 at::Tensor dequant_out(const c10::optional<at::Tensor>& out, int64_t N, int64_t K, const at::Tensor& like) {
   // Writing into a caller's reused buffer: fresh pages for a 50-100 MB weight cost a page fault each,
-  // which measured as much as the dequantization itself.
+  // as much time as the dequantization itself.
   if (out.has_value()) {
     TORCH_CHECK(out->scalar_type() == at::kBFloat16 && out->is_contiguous() && out->numel() == N * K,
                 "dequant: out must be contiguous bf16 with N * K elements");

@@ -68,7 +68,7 @@ class Linear(nn.Module):
         self.output_dims: dict[str, int] = {}  # tensor name -> dim along which packed parts stack
         self.method = method or FloatLinear()
         self.method.create_weights(self, dtype, device)
-        self.bias = None
+        self.register_parameter("bias", None)
         if bias:
             self.add_weight("bias", torch.empty(self.out_features, dtype=dtype, device=device))
 

@@ -97,6 +97,9 @@ def build_model(config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor, 
     modules = dict(model.named_modules())
     shapes = {name: p.shape for name, p in model.named_parameters()}
     loaded: set[str] = set()
+    # A layer is processed (quantized, repacked) as soon as its last tensor is in, so that transient float
+    # copies exist for one layer at a time; a tied head waits for the tie below.
+    pending = {m: len(m.output_dims) * len(m.output_sizes) for m in modules.values() if isinstance(m, Linear)}
     for name, tensor, source in tqdm(tensors, total=total, desc="loading weights", unit="tensor",
                                      leave=False, mininterval=1.0):
         if name.endswith(IGNORED_SUFFIXES) or (name == "lm_head.weight" and config.tie_word_embeddings):
@@ -114,6 +117,10 @@ def build_model(config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor, 
         value = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
         if isinstance(module, Linear):
             module.load_weight(attr, value, shard)
+            pending[module] -= 1
+            if not pending[module]:
+                module.process_weights_after_loading()
+                del pending[module]
         else:
             setattr(module, attr, nn.Parameter(value, requires_grad=False))
         loaded.add(name)
@@ -124,9 +131,8 @@ def build_model(config: ModelConfig, tensors: Iterable[tuple[str, torch.Tensor, 
         raise ValueError(f"checkpoint is missing {len(missing)} tensor(s), e.g. {missing[:4]}; "
                          f"expected by {config.source}")
     model.tie_weights()
-    for m in model.modules():
-        if isinstance(m, Linear):
-            m.process_weights_after_loading()
+    for m in pending:
+        m.process_weights_after_loading()
     if mode is not None:
         from ..quant.apply import describe
 
