@@ -22,9 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 KERNEL_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni")
 
 # Runs in the new venv. It checks that qwen3lab is the installed copy, that its data files are there,
-# and that the kernel loader compiled and loaded the module. The loader is qwen3lab.kernels.ops()
-# (build once, cache, return the module or None); where the package is split into build.py (flags,
-# compile, cache) and ops.py (wrappers), kernels.ops is a module and the loader sits in kernels.build.
+# and that the kernel build (qwen3lab.kernels.compiled: build once, cache, return the module or None)
+# compiled and loaded the module from the installed sources.
 SNIPPET = r"""
 import logging, os, sys
 from importlib import resources
@@ -40,11 +39,7 @@ assert Path(qwen3lab.__file__).resolve().is_relative_to(venv), f"qwen3lab import
 assert CORPUS.is_file(), f"{CORPUS} is missing from the wheel"
 assert resources.files("qwen3lab.serve").joinpath("static/chat.html").is_file(), "static/chat.html is missing"
 
-load = kernels.ops
-if not callable(load):
-    from qwen3lab.kernels import build
-    load = next(getattr(build, n) for n in ("ops", "load") if callable(getattr(build, n, None)))
-module = load()
+module = kernels.compiled()
 assert module is not None, "the CPU kernels did not build from the installed files (see the log above)"
 cache = Path(os.environ["TORCH_EXTENSIONS_DIR"]).resolve()
 assert Path(module.__file__).resolve().is_relative_to(cache), f"kernels loaded from {module.__file__}"

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..lora import lora_layers, save_adapter
 from ..lora.peft_io import load_adapter_weights
+from ..model.packed import pack_state, unpack_state
 from . import distributed as dist
 
 _BASE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -44,7 +45,8 @@ def save_weights(model: nn.Module, folder: Path, base_path: Path | None) -> None
         save_adapter(model, folder, str(base_path) if base_path else None)
         return
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if "rotary_emb" not in k}
+    state = {k: v.detach().contiguous().cpu() for k, v in unpack_state(model, model.state_dict()).items()
+             if "rotary_emb" not in k}  # under Hugging Face names: packed projections split into their parts
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
@@ -77,7 +79,7 @@ def load_checkpoint_state(folder: str | Path, model: nn.Module, optimizer, sched
     if lora_layers(model):
         load_adapter_weights(model, folder / "adapter_model.safetensors")
     else:
-        tensors = load_file(str(folder / "model.safetensors"))
+        tensors = pack_state(model, load_file(str(folder / "model.safetensors")))
         missing, unexpected = model.load_state_dict(tensors, strict=False)
         bad = [k for k in missing if "rotary_emb" not in k and not k.startswith("lm_head")]
         if bad or unexpected:
