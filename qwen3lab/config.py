@@ -3,7 +3,7 @@
 Owns: parsing and validating the architecture description for the dense decoder family we run
 (``qwen3``, ``qwen2``, ``llama``), normalising the three RoPE spellings found in the wild, and
 deriving per-layer attention types the way ``transformers`` does. Leaves out: weights, tokenizer,
-engine settings (those live in ``qwen3lab.engine.settings``).
+engine settings (those live in ``qwen3lab.engine.config``).
 """
 
 from __future__ import annotations
