@@ -52,7 +52,8 @@ def test_speculative_config_names_the_unknown_key_and_converts_the_dict_form():
     spec = SpeculativeConfig.of({"method": "eagle3", "model": "d", "num_tokens": "6", "topk": 2.0})
     assert (spec.num_tokens, spec.topk, spec.kv_cache_memory_gb) == (6, 2, 0.5)  # eagle3's own pool default
     assert SpeculativeConfig.of({"method": "draft", "model": "d"}).kv_cache_memory_gb == 1.0
-    assert SpeculativeConfig.of(spec) is spec and SpeculativeConfig.of(None) is None and SpeculativeConfig.of({}) is None
+    assert SpeculativeConfig.of(spec) is spec
+    assert SpeculativeConfig.of(None) is None and SpeculativeConfig.of({}) is None
 
 
 def test_bad_speculative_key_fails_serve_before_loading(capsys):
