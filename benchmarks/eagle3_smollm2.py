@@ -37,11 +37,14 @@ def corpus_records(n: int, words: int = 110) -> list[dict]:
 @torch.inference_mode()
 def depth_accuracy(llm: LLM, draft: str, outs, depth: int = 5) -> list[float]:
     """Teacher-forced held-out accuracy of chain drafts 1..depth on the target's greedy outputs."""
+    from qwen3lab.engine.config import EngineConfig
+    from qwen3lab.speculative import SpeculativeConfig
     from qwen3lab.speculative.eagle3 import Eagle3Drafter
     from qwen3lab.train.eagle3 import ttt_unroll
     from qwen3lab.train.eagle3_data import Example, record
 
-    d = Eagle3Drafter.from_spec({"model": draft}, llm.model, 64, 1, torch.float32, "cpu")
+    d = Eagle3Drafter.from_spec(SpeculativeConfig("eagle3", draft), llm.model,
+                                EngineConfig(max_num_seqs=1, max_model_len=64), torch.float32, "cpu")
     hits, total = torch.zeros(depth), torch.zeros(depth)
     for o in outs:
         e = Example(list(o.prompt_token_ids) + list(o.token_ids), len(o.prompt_token_ids))

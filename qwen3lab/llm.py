@@ -14,9 +14,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .chat.parser import parse_output
-from .engine.llm_engine import EngineSettings, LLMEngine
+from .engine.config import EngineConfig
+from .engine.llm_engine import LLMEngine
 from .engine.outputs import RequestOutput, StreamDelta
 from .sampling import SamplingParams
+from .speculative.config import SpeculativeConfig
 from .weights.loader import load_checkpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -46,12 +48,17 @@ class ChatResult:
 
 class LLM:
     def __init__(self, model: str | Path | None = None, dtype: str | torch.dtype = "auto", device: str = "cpu",
-                 max_num_seqs: int = 16, max_model_len: int | None = None, max_num_batched_tokens: int = 512,
-                 kv_cache_memory_gb: float = 4.0, enable_prefix_caching: bool = True,
-                 lora: str | Path | None = None, speculative: dict | None = None,
+                 max_num_seqs: int = EngineConfig.max_num_seqs, max_model_len: int | None = EngineConfig.max_model_len,
+                 max_num_batched_tokens: int = EngineConfig.max_num_batched_tokens,
+                 kv_cache_memory_gb: float = EngineConfig.kv_cache_memory_gb,
+                 enable_prefix_caching: bool = EngineConfig.enable_prefix_caching,
+                 lora: str | Path | None = None, speculative: SpeculativeConfig | dict | None = None,
                  quantization: str | None = None, quantization_group_size: int | None = None,
                  lora_adapters: dict[str, str | Path] | None = None):
-        """``quantization``: "int8" or "int4" weight-only quantization of every linear layer and the head
+        """Engine settings (``max_num_seqs`` ... ``enable_prefix_caching``) default to ``EngineConfig``'s;
+        ``speculative``: a ``SpeculativeConfig`` or its dict form, e.g. ``{"method": "ngram", "num_tokens": 4}``.
+
+        ``quantization``: "int8" or "int4" weight-only quantization of every linear layer and the head
         (see qwen3lab/quant); ``quantization_group_size``: int4 group (32, 64, 128 or 256).
 
         ``lora``: one PEFT adapter folder applied to every request. ``lora_adapters``: {name: folder} of
@@ -91,15 +98,16 @@ class LLM:
             from .lora import apply_adapters
 
             apply_adapters(self.model, lora_adapters)
-        settings = EngineSettings(max_num_seqs, max_num_batched_tokens, max_model_len, kv_cache_memory_gb,
-                                  enable_prefix_caching=enable_prefix_caching)
+        engine = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                              max_model_len=max_model_len, kv_cache_memory_gb=kv_cache_memory_gb,
+                              enable_prefix_caching=enable_prefix_caching)
+        spec = SpeculativeConfig.of(speculative)
         drafter = None
-        if speculative:  # {"method": "ngram"|"draft"|"eagle3", "model": ..., "num_tokens": k}
+        if spec is not None:
             from .speculative import make_drafter
 
-            drafter = make_drafter(speculative, self.model, max_model_len or self.config.max_position_embeddings,
-                                   max_num_seqs, self.dtype, self.device)
-        self.engine = LLMEngine(self.model, self.tokenizer, self.generation_defaults, settings, self.dtype,
+            drafter = make_drafter(spec, self.model, engine, self.dtype, self.device)
+        self.engine = LLMEngine(self.model, self.tokenizer, self.generation_defaults, engine, self.dtype,
                                 self.device, drafter=drafter)
 
     # -- prompts ---------------------------------------------------------------------------

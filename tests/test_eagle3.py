@@ -113,7 +113,7 @@ def test_published_layout_at_qwen3_4b_widths_loads_and_drafts(tmp_path):
     assert drafter.hidden_layers == (0, 1)  # (1, L/2-1, L-4) clamped for a 2-layer target
     seen = []
     propose = drafter.propose
-    drafter.propose = lambda seqs, budgets: (propose(seqs, budgets), seen.extend(s.spec_tokens for s in seqs))
+    drafter.propose = lambda seqs, budgets: (propose(seqs, budgets), seen.extend(s.draft.tokens for s in seqs))
     out = llm.generate([[9707, 11, 1879, 0, 358]], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
     assert len(out[0].token_ids) == 4 and out[0].outputs[0].spec_drafted >= 2
     assert seen and len(seen[0]) == 2 and all(bool(drafter.model.t2d[t]) for t in seen[0])
@@ -179,7 +179,7 @@ def test_sampled_drafts_carry_target_vocab_probs(tiny):
     captured = []
     propose = d.propose
     d.propose = lambda seqs, budgets: (propose(seqs, budgets),
-                                       captured.extend((s.spec_tokens, s.spec_probs) for s in seqs))
+                                       captured.extend((s.draft.tokens, s.draft.probs) for s in seqs))
     llm.generate(PROMPTS[:2], SamplingParams(max_tokens=6, temperature=0.8, seed=1, ignore_eos=True))
     toks, probs = captured[0]
     assert probs.shape == (2, 151936)
@@ -263,7 +263,7 @@ def test_chain_drafting_matches_a_full_recompute(tiny):
         before = {s.seq_id: list(s.all_token_ids) for s in seqs}
         d._pick = pick_oracle
         propose(seqs, budgets)
-        chains.extend((before[s.seq_id], list(s.spec_tokens), seen[s.seq_id]) for s in seqs)
+        chains.extend((before[s.seq_id], list(s.draft.tokens), seen[s.seq_id]) for s in seqs)
 
     d.propose = wrapped
     outs = llm.generate(PROMPTS[:3], params)
@@ -351,7 +351,7 @@ def test_tree_drafting_matches_a_full_recompute(tiny):
     def wrapped(seqs, budgets):
         before = {s.seq_id: list(s.all_token_ids) for s in seqs}
         propose(seqs, budgets)
-        trees.extend((before[s.seq_id], list(s.spec_tokens), list(s.spec_parents), b) for s, b in zip(seqs, budgets))
+        trees.extend((before[s.seq_id], list(s.draft.tokens), list(s.draft.parents), b) for s, b in zip(seqs, budgets))
 
     d.propose = wrapped
     llm.generate(PROMPTS[:3], params)

@@ -283,7 +283,7 @@ def test_greedy_output_is_identical_with_ngram_trees(target, dtype):
 def test_sampling_distribution_matches_target_with_trees(tmp_path, monkeypatch):
     """Tree drafts (n-gram tries: a prompt where every token was followed by several others) verified
     with the one-hot multi-candidate rule: the second generated token is distributed as the target's."""
-    import qwen3lab.engine.llm_engine as engine_module
+    import qwen3lab.engine.speculation as engine_module
 
     vocab, n = 24, 2000
     target = sharp_checkpoint(tmp_path / "t", 2, vocab, scale=16)

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..engine.config import EngineConfig
 from .common import HelpFormatter, add_model_args, model_kwargs
 
 EPILOG = """\
@@ -53,13 +54,14 @@ def add_parser(sub) -> None:
                    help="waiting sequences before new requests get 503 (default: %(default)s)")
     g.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     e = p.add_argument_group("engine")
-    e.add_argument("--max-num-seqs", type=int, default=16, metavar="N", help="sequences per batch (default: 16)")
-    e.add_argument("--max-model-len", type=int, default=None, metavar="N",
+    e.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs, metavar="N",
+                   help="sequences per batch (default: %(default)s)")
+    e.add_argument("--max-model-len", type=int, default=EngineConfig.max_model_len, metavar="N",
                    help="context window (default: the checkpoint's max_position_embeddings)")
-    e.add_argument("--max-num-batched-tokens", type=int, default=512, metavar="N",
-                   help="tokens per engine step (default: 512)")
-    e.add_argument("--kv-cache-memory-gb", type=float, default=4.0, metavar="GB",
-                   help="KV-cache pool size (default: 4)")
+    e.add_argument("--max-num-batched-tokens", type=int, default=EngineConfig.max_num_batched_tokens, metavar="N",
+                   help="tokens per engine step (default: %(default)s)")
+    e.add_argument("--kv-cache-memory-gb", type=float, default=EngineConfig.kv_cache_memory_gb, metavar="GB",
+                   help="KV-cache pool size (default: %(default)s)")
     e.add_argument("--speculative", default=None, metavar="JSON",
                    help='lossless speculative decoding, e.g. \'{"method": "ngram", "num_tokens": 4}\' or '
                         '\'{"method": "eagle3", "model": "DIR", "num_tokens": 4}\' (also "draft"); token trees with '
@@ -104,14 +106,16 @@ def run(args: argparse.Namespace) -> int:
 
     from ..llm import LLM
     from ..serve import ServerConfig, build_app
+    from ..speculative.config import SpeculativeConfig
 
     for name in ("port", "max_num_seqs", "max_waiting"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     adapters = _lora_modules(args.lora_modules)
+    speculative = SpeculativeConfig.of(_speculative(args.speculative))  # a bad key fails before loading
     llm = LLM(**model_kwargs(args), lora_adapters=adapters, max_num_seqs=args.max_num_seqs,
               max_model_len=args.max_model_len, max_num_batched_tokens=args.max_num_batched_tokens,
-              kv_cache_memory_gb=args.kv_cache_memory_gb, speculative=_speculative(args.speculative))
+              kv_cache_memory_gb=args.kv_cache_memory_gb, speculative=speculative)
     names = args.served_model_name or [Path(str(args.model or llm.model_path)).name.removesuffix(".gguf")]
     config = ServerConfig(served_model_names=names, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
                           max_body_bytes=int(args.max_body_mb * 2**20), max_waiting=args.max_waiting)

@@ -20,6 +20,13 @@ def bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) ->
     return per_token * block_size * torch.tensor([], dtype=dtype).element_size()
 
 
+def pool_num_blocks(config: ModelConfig, block_size: int, dtype: torch.dtype, memory_gb: float,
+                    num_seqs: int, seq_len: int) -> int:
+    """Blocks for ``num_seqs`` sequences of ``seq_len`` tokens, capped by ``memory_gb`` (at least one)."""
+    wanted = -(-num_seqs * seq_len // block_size)
+    return max(1, min(wanted, int(memory_gb * 2**30 // bytes_per_block(config, block_size, dtype))))
+
+
 def _zeroed(shape: tuple, dtype: torch.dtype, device: torch.device):
     """A zero tensor and the anonymous mapping behind it (CPU), or (tensor, None).
 

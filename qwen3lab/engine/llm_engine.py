@@ -1,61 +1,54 @@
 """The engine: requests in, token/text deltas out, one scheduler step at a time.
 
-Owns request bookkeeping (n samples, per-sequence RNG, stop conditions, incremental text with
-stop strings held back until they can no longer match). ``LLM`` drives it to completion offline;
-the server drives the same ``step`` from its event loop.
+Owns request bookkeeping (n samples, per-sequence RNG) and the step: draft -> schedule -> run the
+model -> sample or verify each row that reached its end. Text and stop conditions are
+``output_processor.py``'s, the speculative bookkeeping ``speculation.py``'s. ``LLM`` drives the
+engine to completion offline; the server drives the same ``step`` from its event loop.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
 
 import torch
 
 from ..config import GenerationDefaults
 from ..sampling import SamplingParams, sample
-from ..model.attention_metadata import flat_index
-from ..speculative import verify, verify_tree
+from ..sampling.logprobs import logprob_entry
+from ..speculative.drafter import Drafter
 from ..tokenizer.incremental import IncrementalDetokenizer
 from .block_manager import BlockManager
-from .kv_cache import PagedKVCache, bytes_per_block
-from .model_runner import ModelRunner
+from .config import EngineConfig
+from .kv_cache import PagedKVCache, pool_num_blocks
+from .model_runner import ModelRunner, StepOutput
+from .output_processor import append_token
 from .outputs import CompletionOutput, RequestOutput, StreamDelta
-from .scheduler import Scheduler
+from .scheduler import ScheduledBatch, Scheduler
 from .sequence import Sequence
+from .speculation import accept, draft_budgets, move_path
+from .stats import EngineStats
 
 log = logging.getLogger("qwen3lab")
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    max_num_seqs: int = 16
-    max_num_batched_tokens: int = 512  # tokens per step: bounds prefill chunks and step latency
-    max_model_len: int | None = None  # None: the checkpoint's max_position_embeddings
-    kv_cache_memory_gb: float = 4.0  # pool budget (vLLM's CPU default); never more than max_num_seqs x max_model_len
-    block_size: int = 16
-    enable_prefix_caching: bool = True
-
-
 class LLMEngine:
-    def __init__(self, model, tokenizer, generation: GenerationDefaults, settings: EngineSettings,
-                 dtype: torch.dtype, device="cpu", drafter=None):
-        self.tokenizer, self.generation, self.settings = tokenizer, generation, settings
+    def __init__(self, model, tokenizer, generation: GenerationDefaults, config: EngineConfig,
+                 dtype: torch.dtype, device="cpu", drafter: Drafter | None = None):
+        self.tokenizer, self.generation, self.config = tokenizer, generation, config
         cfg = model.config
-        self.max_model_len = settings.max_model_len or cfg.max_position_embeddings
-        bs = settings.block_size
-        per_block = bytes_per_block(cfg, bs, dtype)
-        wanted = -(-settings.max_num_seqs * self.max_model_len // bs)
-        num_blocks = max(1, min(wanted, int(settings.kv_cache_memory_gb * 2**30 // per_block)))
+        self.max_model_len = config.context_len(cfg.max_position_embeddings)
+        bs = config.block_size
+        num_blocks = pool_num_blocks(cfg, bs, dtype, config.kv_cache_memory_gb, config.max_num_seqs,
+                                     self.max_model_len)
         if num_blocks * bs < self.max_model_len:
             log.warning("KV cache of %.1f GiB holds %d tokens: max_model_len lowered from %d",
-                        settings.kv_cache_memory_gb, num_blocks * bs, self.max_model_len)
+                        config.kv_cache_memory_gb, num_blocks * bs, self.max_model_len)
             self.max_model_len = num_blocks * bs
         self.cache = PagedKVCache(cfg, num_blocks, bs, dtype, device)
-        self.blocks = BlockManager(num_blocks, bs, settings.enable_prefix_caching)
+        self.blocks = BlockManager(num_blocks, bs, config.enable_prefix_caching)
         self.blocks.on_discard = self.cache.discard  # finished sequences' KV memory goes back to the OS
-        self.scheduler = Scheduler(self.blocks, settings.max_num_seqs, settings.max_num_batched_tokens)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(model, self.cache, device)
         self.drafter = drafter
         self.spec_stats = {"steps": 0, "drafted": 0, "accepted": 0}  # totals, for metrics
@@ -128,21 +121,9 @@ class LLMEngine:
         if self.drafter is not None:
             self.drafter.release(seq)
 
-    def _draft(self) -> None:
-        """Ask the drafter for tokens for every decoding sequence, within its token and context budget."""
-        seqs, budgets = [], []
-        for s in self.scheduler.running:
-            if s.in_prefill or s.constraint is not None:
-                continue
-            k = min(self.drafter.num_tokens, s.max_tokens - len(s.output_token_ids) - 1,
-                    self.max_model_len - s.num_tokens - 1)
-            if k > 0:
-                seqs.append(s)
-                budgets.append(k)
-        if seqs:
-            self.drafter.propose(seqs, budgets)
-
+    # -- the step ---------------------------------------------------------------------------
     def step(self) -> list[StreamDelta]:
+        """Draft, schedule, run the model, then update every row that reached its end."""
         if self.drafter is not None:
             self._draft()
         batch = self.scheduler.schedule()
@@ -150,26 +131,32 @@ class LLMEngine:
             if self.scheduler.has_unfinished():
                 raise RuntimeError("scheduler made no progress with requests pending (KV pool too small?)")
             return []
-        capture = tuple(getattr(self.drafter, "hidden_layers", ()))
-        rows, logits, widths = self.runner.run(batch, capture)
-        if capture:  # feature-level drafters (EAGLE3) see the target's hidden states of every fed token
-            self.drafter.observe(batch.seqs, batch.num_new_tokens, self.runner.last_starts, self.runner.captured)
+        out = self.runner.run(batch, self.drafter.hidden_layers if self.drafter is not None else ())
+        if out.hidden:  # feature-level drafters (EAGLE3) see the target's hidden states of every fed token
+            self.drafter.observe(batch.seqs, batch.num_new_tokens, out.hidden_starts, out.hidden)
         self.scheduler.step_done(batch)
+        return self._update(batch, out)
+
+    def _draft(self) -> None:
+        seqs, budgets = draft_budgets(self.scheduler.running, self.drafter.num_tokens, self.max_model_len)
+        if seqs:
+            self.drafter.propose(seqs, budgets)
+
+    def _update(self, batch: ScheduledBatch, out: StepOutput) -> list[StreamDelta]:
+        """Verify the rows with drafts one by one, then sample the others together."""
         deltas: list[StreamDelta] = []
-        plain, plain_logits, offset = [], [], 0
-        for i, m in zip(rows, widths):
-            seq = batch.seqs[i]
-            if m == 1:
-                plain.append(seq)
-                plain_logits.append(logits[offset])
+        plain, plain_logits = [], []
+        for i, logits in out.row_logits():
+            if len(logits) == 1:
+                plain.append(batch.seqs[i])
+                plain_logits.append(logits[0])
             else:
-                deltas.extend(self._verify(seq, logits[offset: offset + m]))
-            offset += m
+                deltas.extend(self._verify(batch.seqs[i], logits))
         for s in batch.seqs:  # drafts are consumed by this step whether or not the row sampled
-            s.spec_tokens, s.spec_probs, s.spec_parents = [], None, None
+            s.draft.clear()
         if plain:
             # Without drafts the rows are already one tensor: skip the copy.
-            stacked = logits if len(plain) == len(rows) and offset == len(rows) else torch.stack(plain_logits)
+            stacked = out.logits if len(plain) == len(out.logits) else torch.stack(plain_logits)
             deltas.extend(self._sample(plain, stacked))
         return deltas
 
@@ -192,98 +179,58 @@ class LLMEngine:
     def _verify(self, seq: Sequence, logits: torch.Tensor) -> list[StreamDelta]:
         """Accept a prefix of the drafts (a path of a tree) plus one target token; trim the cache to what
         was accepted."""
-        drafts, parents, prefix = seq.spec_tokens, seq.spec_parents, seq.num_tokens
-        path = None
-        if parents is None:
-            tokens, accepted = verify(logits, drafts, seq.spec_probs, seq.params, seq.prompt_token_ids,
-                                      seq.output_token_ids, seq.generator, self._banned(seq), seq.params.min_tokens)
-        else:
-            tokens, path = verify_tree(logits, drafts, parents, seq.params, seq.prompt_token_ids,
-                                       seq.output_token_ids, seq.generator, self._banned(seq), seq.params.min_tokens)
-            accepted = len(path)
-            # Logits rows follow the tree's node order; give logprobs the path's rows.
-            logits = logits[torch.tensor([0] + [j + 1 for j in path])]
-        seq.spec_tokens, seq.spec_probs, seq.spec_parents = [], None, None
-        want_lp = seq.params.logprobs is not None
-        lps = logits[: len(tokens)].log_softmax(-1) if want_lp else None
+        prefix, drafted = seq.num_tokens, len(seq.draft.tokens)
+        acc = accept(seq, logits, self._banned(seq))
+        seq.draft.clear()
+        k = seq.params.logprobs
+        lps = acc.logits[: len(acc.tokens)].log_softmax(-1) if k is not None else None
         deltas = []
-        for j, tok in enumerate(tokens):
-            lp = None
-            if want_lp:
-                lp = {tok: float(lps[j, tok])}
-                if seq.params.logprobs:
-                    vals, ids = lps[j].topk(seq.params.logprobs)
-                    for t, v in zip(ids.tolist(), vals.tolist()):
-                        lp.setdefault(t, v)
-            deltas.append(self._append(seq, tok, lp))
+        for j, tok in enumerate(acc.tokens):
+            deltas.append(self._append(seq, tok, logprob_entry(lps[j], tok, k) if lps is not None else None))
             if seq.is_finished:
                 break
         # Accepted drafts past a stop are not output: count what was (mean accepted length =
         # (accepted + steps) / steps, each step also emits the target's own token unless it stopped first).
-        emitted = min(accepted, len(deltas))
-        seq.num_drafted += len(drafts)
+        emitted = min(acc.num_accepted, len(deltas))
+        seq.num_drafted += drafted
         seq.num_accepted += emitted
         seq.num_spec_steps += 1
-        for key, value in (("steps", 1), ("drafted", len(drafts)), ("accepted", emitted)):
+        for key, value in (("steps", 1), ("drafted", drafted), ("accepted", emitted)):
             self.spec_stats[key] += value
         if not seq.is_finished:
-            # An accepted tree path's keys go to the slots right after the sequence it now extends.
-            moved = [(prefix + j, prefix + i) for i, j in enumerate(path or []) if i != j]
-            if moved:
-                device = self.cache.k[0].device
-                src, dst = (flat_index(seq.block_table, torch.tensor(x), self.cache.block_size).to(device)
-                            for x in zip(*moved))
-                self.cache.move(src, dst)
+            move_path(self.cache, seq, prefix, acc.path)
             # Keys past the accepted tokens are stale: the next step overwrites them.
             seq.num_computed = seq.num_tokens - 1
             if self.drafter is not None:
-                self.drafter.on_verified(seq, accepted, path)
+                self.drafter.on_verified(seq, acc.num_accepted, acc.path)
         return deltas
 
     def _append(self, seq: Sequence, token: int, logprob: dict[int, float] | None) -> StreamDelta:
-        seq.output_token_ids.append(token)
-        if seq.constraint is not None:
-            seq.constraint.advance(token)
-        if logprob is not None:
-            seq.logprobs.append(logprob)
-        p = seq.params
-        if token in p.stop_token_ids:
-            seq.finish("stop", token)
-        elif token in self.eos_token_ids and not p.ignore_eos:
-            seq.finish("stop")
-        piece = "" if seq.is_finished else seq.detok.step(token)
-        if not seq.is_finished and len(seq.output_token_ids) >= seq.max_tokens:
-            seq.finish("length")
-        if seq.is_finished:
-            piece += seq.detok.flush()
-        text = self._stop_strings(seq, piece)
-        seq.text += text
+        delta = append_token(seq, token, logprob, self.eos_token_ids)
         if seq.is_finished:
             self._release(seq)
-        return StreamDelta(seq.request_id, seq.index, text, [token], seq.is_finished, seq.finish_reason,
-                           seq.stop_reason, [logprob] if logprob is not None else None)
+        return delta
 
-    @staticmethod
-    def _stop_strings(seq: Sequence, piece: str) -> str:
-        """Return the text that can be emitted now; hold back a tail that might start a stop string."""
-        stops = seq.params.stop
-        if not stops:
-            return piece
-        buf = seq.pending_text + piece
-        hits = [(buf.find(s), s) for s in stops if s in buf]
-        if hits:
-            idx, stop = min(hits)
-            seq.pending_text = ""
-            if not seq.is_finished or seq.finish_reason == "length":
-                seq.finish("stop", stop)
-            return buf[: idx + (len(stop) if seq.params.include_stop_str_in_output else 0)]
-        if seq.is_finished:
-            seq.pending_text = ""
-            return buf
-        keep = max(len(s) for s in stops) - 1
-        cut = max(len(buf) - keep, 0)
-        seq.pending_text = buf[cut:]
-        return buf[:cut]
+    # -- reading results and state ------------------------------------------------------------
+    def stats(self) -> EngineStats:
+        """Queue lengths, KV-pool use, cache and speculative totals, LoRA adapters. The queues are copied
+        first, so the server's event loop may call this while the engine thread steps."""
+        running, waiting = list(self.scheduler.running), list(self.scheduler.waiting)
+        bank, blocks, spec = self.runner.lora_bank, self.blocks, self.spec_stats
+        names = tuple(bank.names) if bank is not None else ()
+
+        def adapters(seqs: list[Sequence]) -> tuple[str, ...]:
+            return tuple(sorted({names[s.lora_slot - 1] for s in seqs if s.lora_slot}))
+
+        return EngineStats(len(waiting), len(running), self.scheduler.num_preemptions, blocks.num_blocks,
+                           blocks.num_free, blocks.queried_tokens, blocks.hit_tokens, spec["steps"],
+                           spec["drafted"], spec["accepted"], names, adapters(running), adapters(waiting))
+
+    def running_request_ids(self) -> set[str]:
+        return {s.request_id for s in list(self.scheduler.running)}
+
+    def waiting_request_ids(self) -> set[str]:
+        return {s.request_id for s in list(self.scheduler.waiting)}
 
     def collect(self, request_id: str) -> RequestOutput:
         seqs = self.requests[request_id]

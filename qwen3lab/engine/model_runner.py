@@ -1,10 +1,13 @@
 """Runs one scheduled step through the model: flat tokens, attention metadata over the paged
-cache, and the logits of the rows that pick a next token. Knows tensors, not requests.
+cache, and a ``StepOutput`` with the logits of the rows that pick a next token (and any captured
+hidden layers). Knows tensors, not requests.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 
@@ -12,6 +15,24 @@ from .. import kernels
 from ..model import AttentionMetadata, CausalLM, TokenTree
 from .kv_cache import PagedKVCache
 from .scheduler import ScheduledBatch
+
+
+@dataclass
+class StepOutput:
+    """What one model step hands the engine."""
+
+    rows: list[int]  # batch rows that sample (they reached the end of their known tokens)
+    logits: torch.Tensor  # [sum(widths), vocab] float32, the rows' positions in order
+    widths: list[int]  # per sampling row: 1, or 1 + its draft tokens (every one needs logits to verify)
+    hidden: list[torch.Tensor] = field(default_factory=list)  # captured layers, [fed tokens, hidden] each
+    hidden_starts: list[int] = field(default_factory=list)  # row of each batch row's first token in those
+
+    def row_logits(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """(batch row, its logits [width, vocab]) for every sampling row."""
+        offset = 0
+        for i, m in zip(self.rows, self.widths):
+            yield i, self.logits[offset: offset + m]
+            offset += m
 
 
 class ModelRunner:
@@ -25,8 +46,7 @@ class ModelRunner:
         for s, n in zip(batch.seqs, batch.num_new_tokens):
             ids.extend(s.feed_token_ids[s.num_computed: s.num_computed + n])
         # Draft trees sit after the sequence's real tokens (the first of their parents is the last real token).
-        trees = [TokenTree(s.num_tokens, tuple(s.spec_parents)) if s.spec_parents is not None and s.spec_tokens
-                 else None for s in batch.seqs]
+        trees = [TokenTree(s.num_tokens, s.draft.tree) if s.draft.tree is not None else None for s in batch.seqs]
         meta = AttentionMetadata.build(
             batch.num_new_tokens, [s.num_computed + n for s, n in zip(batch.seqs, batch.num_new_tokens)],
             self.config.layer_types, self.config.sliding_window,
@@ -35,30 +55,25 @@ class ModelRunner:
         return torch.tensor(ids, device=self.device), meta
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch, capture_layers: tuple[int, ...] = ()
-            ) -> tuple[list[int], torch.Tensor, list[int]]:
-        """Feed each row's new tokens.
-
-        Returns (rows that sample, their logits [sum(m), vocab] float32, m per row): m is 1, or
-        1 + the number of draft tokens, whose positions all need logits for verification.
-        ``capture_layers``: outputs of these layers for every fed token are kept in
-        ``self.captured`` ([N, hidden] each, rows at ``self.last_starts``) for drafters like EAGLE3.
-        """
+    def run(self, batch: ScheduledBatch, capture_layers: tuple[int, ...] = ()) -> StepOutput:
+        """Feed each row's new tokens; ``capture_layers``: also keep these layers' outputs for every
+        fed token (for drafters like EAGLE3)."""
         ids, meta = self.prepare(batch)
         adapters = nullcontext() if self.lora_bank is None else self.lora_bank.active(
             [s.lora_slot for s, n in zip(batch.seqs, batch.num_new_tokens) for _ in range(n)], self.device)
+        captured: list[torch.Tensor] = []
         with adapters:  # the head below is never adapted
             if capture_layers:
-                hidden, self.captured = self.model(ids, meta, self.cache, output_hidden_layers=capture_layers)
-                self.last_starts = meta.starts
+                hidden, captured = self.model(ids, meta, self.cache, output_hidden_layers=capture_layers)
             else:
                 hidden = self.model(ids, meta, self.cache)
         if self.device.type == "cpu" and ids.numel() > kernels.MAX_ROWS:  # prefill-sized
             kernels.release_transients()
+        starts = meta.starts if capture_layers else []
         rows = [i for i in range(len(batch.seqs)) if batch.samples(i)]
         if not rows:
-            return [], torch.empty(0), []
-        widths = [1 + len(batch.seqs[i].spec_tokens) for i in rows]
+            return StepOutput([], torch.empty(0), [], captured, starts)
+        widths = [1 + len(batch.seqs[i].draft.tokens) for i in rows]
         index = [meta.starts[i] + batch.num_new_tokens[i] - m + j for i, m in zip(rows, widths) for j in range(m)]
         logits = self.model.compute_logits(hidden[torch.tensor(index, device=self.device)]).cpu()
-        return rows, logits, widths
+        return StepOutput(rows, logits, widths, captured, starts)

@@ -24,7 +24,7 @@ class ScheduledBatch:
     def samples(self, i: int) -> bool:
         """Whether row i reaches the end of its known tokens, so its last logits pick the next one."""
         s = self.seqs[i]
-        return s.num_computed + self.num_new_tokens[i] == s.num_tokens + len(s.spec_tokens)
+        return s.num_computed + self.num_new_tokens[i] == s.num_tokens + len(s.draft.tokens)
 
 
 class Scheduler:
@@ -46,7 +46,7 @@ class Scheduler:
         self.running.remove(seq)
         self.blocks.release(seq)
         seq.num_computed, seq.status = 0, Status.WAITING
-        seq.spec_tokens, seq.spec_probs, seq.spec_parents = [], None, None
+        seq.draft.clear()
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
 
@@ -59,14 +59,9 @@ class Scheduler:
         for seq in list(self.running):
             if seq not in self.running or seq.in_prefill or budget == 0:
                 continue
-            if len(seq.spec_tokens) >= budget:  # drafts past the step's budget are dropped
-                keep = budget - 1  # (tree nodes come after their parents: a cut keeps a tree)
-                seq.spec_tokens = seq.spec_tokens[:keep]
-                if seq.spec_probs is not None:
-                    seq.spec_probs = seq.spec_probs[:keep]
-                if seq.spec_parents is not None:
-                    seq.spec_parents = seq.spec_parents[:keep]
-            n = 1 + len(seq.spec_tokens)
+            if len(seq.draft.tokens) >= budget:  # drafts past the step's budget are dropped
+                seq.draft.truncate(budget - 1)
+            n = 1 + len(seq.draft.tokens)
             while not self.blocks.allocate(seq, seq.num_computed + n):
                 victim = self.running[-1]
                 self._preempt(victim)

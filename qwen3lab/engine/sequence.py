@@ -24,6 +24,34 @@ class Status(enum.Enum):
 
 
 @dataclass(eq=False)
+class SpecDraft:
+    """Speculative draft of one sequence for one step: tokens fed after its last real token, the
+    draft's distributions they were drawn from ([k, vocab] tensor, or None for a deterministic
+    drafter), and their tree (parent index of each token, -1 for the last real token; None: a chain)."""
+
+    tokens: list[int] = field(default_factory=list)
+    probs: Any = None
+    parents: list[int] | None = None
+
+    @property
+    def tree(self) -> tuple[int, ...] | None:
+        """The parents when the draft is a non-empty tree, else None (a chain or nothing)."""
+        return tuple(self.parents) if self.parents is not None and self.tokens else None
+
+    def truncate(self, n: int) -> None:
+        """Keep the first n tokens (tree nodes come after their parents: a cut keeps a tree)."""
+        self.tokens = self.tokens[:n]
+        if self.probs is not None:
+            self.probs = self.probs[:n]
+        if self.parents is not None:
+            self.parents = self.parents[:n]
+
+    def clear(self) -> None:
+        # New objects, not in-place clears: whoever holds the old token list keeps its contents.
+        self.tokens, self.probs, self.parents = [], None, None
+
+
+@dataclass(eq=False)
 class Sequence:
     request_id: str
     index: int  # sample number within the request (for n > 1)
@@ -38,14 +66,8 @@ class Sequence:
     block_hashes: list[bytes] = field(default_factory=list)  # prefix-cache keys of the full blocks
     num_computed: int = 0
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at admission
-    # Speculative decoding: draft tokens fed after the last real token this step, the draft's
-    # distributions they were drawn from ([k, vocab] tensor, or None for a deterministic drafter),
-    # their tree (parent index of each draft, -1 for the last real token; None: a chain), and
-    # acceptance statistics.
-    spec_tokens: list[int] = field(default_factory=list)
-    spec_probs: Any = None
-    spec_parents: list[int] | None = None
-    num_drafted: int = 0
+    draft: SpecDraft = field(default_factory=SpecDraft)  # this step's speculative draft
+    num_drafted: int = 0  # speculative totals: drafts proposed, accepted, verification steps
     num_accepted: int = 0
     num_spec_steps: int = 0
     text: str = ""  # output text emitted so far (stop strings already cut)
@@ -69,7 +91,7 @@ class Sequence:
     @property
     def feed_token_ids(self) -> list[int]:
         """Tokens the model may be fed: the sequence, then this step's draft tokens."""
-        return self.all_token_ids + self.spec_tokens if self.spec_tokens else self.all_token_ids
+        return self.all_token_ids + self.draft.tokens if self.draft.tokens else self.all_token_ids
 
     @property
     def num_tokens(self) -> int:

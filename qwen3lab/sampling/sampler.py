@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .logprobs import logprob_entry
 from .params import SamplingParams
 
 
@@ -105,11 +106,5 @@ def _logprobs(raw: torch.Tensor, params: list[SamplingParams], tokens: list[int]
         return out
     lp = raw[rows].log_softmax(dim=-1)
     for r, i in enumerate(rows):
-        entry = {tokens[i]: float(lp[r, tokens[i]])}
-        k = params[i].logprobs
-        if k:
-            vals, ids = lp[r].topk(k)
-            for t, v in zip(ids.tolist(), vals.tolist()):
-                entry.setdefault(t, v)
-        out[i] = entry
+        out[i] = logprob_entry(lp[r], tokens[i], params[i].logprobs)
     return out

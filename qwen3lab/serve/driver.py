@@ -137,9 +137,10 @@ class EngineDriver:
 
         def add() -> None:  # runs on the engine thread
             try:
-                if len(self.engine.scheduler.waiting) >= self.max_waiting:
-                    raise APIError(503, f"the server is overloaded: {len(self.engine.scheduler.waiting)} "
-                                        "sequences are waiting; retry later", code="overloaded")
+                waiting = self.engine.stats().num_waiting
+                if waiting >= self.max_waiting:
+                    raise APIError(503, f"the server is overloaded: {waiting} sequences are waiting; retry later",
+                                   code="overloaded")
                 factory = self._guard(request_id, constraint_factory) if constraint_factory else None
                 self.engine.add_request(list(prompt_token_ids), params, request_id=request_id, prompt=prompt,
                                         constraint_factory=factory, adapter=adapter)
@@ -214,8 +215,8 @@ class EngineDriver:
                 deltas = self.engine.step()
             except Exception as e:  # noqa: BLE001 - fail what was running, keep serving
                 log.error("engine step failed:\n%s", traceback.format_exc())
-                stuck = self.engine.scheduler.running or self.engine.scheduler.waiting
-                for rid in {s.request_id for s in stuck}:
+                # The running requests, or the waiting ones when the step failed before running any.
+                for rid in self.engine.running_request_ids() or self.engine.waiting_request_ids():
                     self._fail(rid, APIError(500, f"the engine failed on this request: {type(e).__name__}: {e}"))
                 continue
             self._dispatch(deltas)
@@ -242,9 +243,8 @@ class EngineDriver:
             del self._failed[rid]
             self._fail(rid, APIError(500, f"decoding constraint failed: {type(error).__name__}: {error}"))
         for rid in by_request:
-            if rid in self._live and self.engine.collect(rid).finished:
+            if rid in self._live and self.engine.is_finished(rid):
                 live = self._live.pop(rid)
-                cached = self.engine.requests[rid][0].num_cached_tokens
                 out = self.engine.pop(rid)
                 self.metrics.finished(out.outputs[0].finish_reason)
-                self._send(live, Done(out, len(out.prompt_token_ids), cached))
+                self._send(live, Done(out, len(out.prompt_token_ids), out.outputs[0].num_cached_tokens))

@@ -1,8 +1,8 @@
 """Server metrics in the Prometheus text format (version 0.0.4), without a client library.
 
 Owns: the counters and histograms the engine driver updates (tokens, time to first token,
-inter-token latency, requests by outcome) and the rendering of them plus the engine gauges read at
-scrape time (waiting / running requests, KV-cache use, prefix-cache hit rate).
+inter-token latency, requests by outcome) and the rendering of them plus the engine's ``stats()``
+taken at scrape time (waiting / running requests, KV-cache use, prefix-cache hit rate, drafts, LoRA).
 Counters are written by the driver thread only and read by the event loop; single int/float
 updates are atomic under the GIL, so no lock is needed.
 """
@@ -10,6 +10,8 @@ updates are atomic under the GIL, so no lock is needed.
 from __future__ import annotations
 
 import bisect
+
+from ..engine.stats import EngineStats
 
 PREFIX = "qwen3lab"
 
@@ -52,11 +54,9 @@ class Metrics:
         key = reason if reason in self.requests else "stop"
         self.requests[key] += 1
 
-    def render(self, engine) -> str:
-        """The exposition text; ``engine`` gauges are read here (len() and attribute reads only)."""
+    def render(self, stats: EngineStats) -> str:
+        """The exposition text of these counters and the engine's ``stats()`` snapshot."""
         labels = f'model_name="{self.model_name}"'
-        blocks = engine.blocks
-        hit_rate = blocks.hit_tokens / blocks.queried_tokens if blocks.queried_tokens else 0.0
         lines: list[str] = []
 
         def metric(name: str, kind: str, help_text: str, samples: list[str]) -> None:
@@ -65,30 +65,25 @@ class Metrics:
         def one(name: str, kind: str, help_text: str, value) -> None:
             metric(name, kind, help_text, [f"{PREFIX}:{name}{{{labels}}} {value}"])
 
-        one("num_requests_waiting", "gauge", "Sequences waiting to be scheduled.", len(engine.scheduler.waiting))
-        one("num_requests_running", "gauge", "Sequences in the running batch.", len(engine.scheduler.running))
-        one("kv_cache_usage_perc", "gauge", "Fraction of KV-cache blocks in use (1 = full).", blocks.usage)
+        one("num_requests_waiting", "gauge", "Sequences waiting to be scheduled.", stats.num_waiting)
+        one("num_requests_running", "gauge", "Sequences in the running batch.", stats.num_running)
+        one("kv_cache_usage_perc", "gauge", "Fraction of KV-cache blocks in use (1 = full).", stats.kv_cache_usage)
         one("prefix_cache_hit_rate", "gauge", "Prompt tokens served from the prefix cache / tokens looked up.",
-            hit_rate)
+            stats.prefix_cache_hit_rate)
         one("prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.",
-            blocks.queried_tokens)
-        one("prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.", blocks.hit_tokens)
-        spec = engine.spec_stats
-        one("spec_decode_num_drafts_total", "counter", "Speculative verification steps.", spec["steps"])
-        one("spec_decode_num_draft_tokens_total", "counter", "Draft tokens proposed.", spec["drafted"])
-        one("spec_decode_num_accepted_tokens_total", "counter", "Draft tokens accepted.", spec["accepted"])
-        bank = engine.runner.lora_bank
-        if bank is not None:  # as vLLM's lora_requests_info: which adapters have sequences running / waiting
-
-            def names(seqs) -> str:
-                return ",".join(sorted({bank.names[s.lora_slot - 1] for s in seqs if s.lora_slot}))
-
-            running = names(engine.scheduler.running)
+            stats.prefix_cache_queried_tokens)
+        one("prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.",
+            stats.prefix_cache_hit_tokens)
+        one("spec_decode_num_drafts_total", "counter", "Speculative verification steps.", stats.spec_steps)
+        one("spec_decode_num_draft_tokens_total", "counter", "Draft tokens proposed.", stats.spec_drafted)
+        one("spec_decode_num_accepted_tokens_total", "counter", "Draft tokens accepted.", stats.spec_accepted)
+        if stats.lora_adapters:  # as vLLM's lora_requests_info: which adapters have sequences running / waiting
             metric("lora_requests_info", "gauge", "LoRA adapters with running and waiting sequences; the value "
                    "counts the running ones.",
-                   [f'{PREFIX}:lora_requests_info{{{labels},running_lora_adapters="{running}",'
-                    f'waiting_lora_adapters="{names(engine.scheduler.waiting)}",max_lora="{len(bank.names)}"}} '
-                    f'{len(running.split(",")) if running else 0}'])
+                   [f'{PREFIX}:lora_requests_info{{{labels},'
+                    f'running_lora_adapters="{",".join(stats.running_lora_adapters)}",'
+                    f'waiting_lora_adapters="{",".join(stats.waiting_lora_adapters)}",'
+                    f'max_lora="{len(stats.lora_adapters)}"}} {len(stats.running_lora_adapters)}'])
         one("prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", self.prompt_tokens)
         one("generation_tokens_total", "counter", "Generated tokens.", self.generation_tokens)
         metric("request_success_total", "counter", "Finished requests by finish reason.",

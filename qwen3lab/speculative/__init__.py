@@ -1,45 +1,37 @@
 """Lossless speculative decoding: drafters propose, the target verifies in one forward pass.
 
-A drafter has ``propose(seqs, budgets)`` (sets each sequence's ``spec_tokens`` and, for sampled
-drafts, ``spec_probs``; for a token tree also ``spec_parents``), ``on_verified(seq, num_accepted,
-path)`` (roll its own state back; ``path``: the accepted tree nodes, None for a chain) and
-``release(seq)``. The engine feeds the drafts with the last real token, verifies them with
+Every drafter follows ``Drafter`` (``drafter.py``): ``propose`` sets each sequence's ``draft``,
+``observe`` sees the target's hidden layers (EAGLE3), ``on_verified`` rolls its own state back,
+``release`` drops it. The engine feeds the drafts with the last real token, verifies them with
 ``verify`` (``verify_tree``), moves an accepted tree path's keys into consecutive slots and trims
-the KV cache by lowering the sequence's computed count.
+the KV cache by lowering the sequence's computed count. Settings: ``SpeculativeConfig``.
 """
 
+from .config import SpeculativeConfig
+from .drafter import Drafter
 from .ngram import NgramDrafter
 from .verify import verify, verify_tree
 
-__all__ = ["NgramDrafter", "verify", "verify_tree", "make_drafter"]
+__all__ = ["Drafter", "NgramDrafter", "SpeculativeConfig", "verify", "verify_tree", "make_drafter"]
 
 
-def make_drafter(spec: dict, target, max_model_len: int, max_num_seqs: int, dtype, device):
-    """Build a drafter from ``{"method": "ngram"|"draft"|"eagle3", "model": ..., "num_tokens": k}``;
-    ``"topk"`` > 1 drafts token trees (k nodes; EAGLE3 and draft models also take ``"num_steps"``, the depth)."""
-    method = spec.get("method")
-    k = int(spec.get("num_tokens", 4))
-    if k < 1:
-        raise ValueError(f"speculative num_tokens must be >= 1, got {k}")
-    if method == "ngram":
-        return NgramDrafter(k, max_ngram=int(spec.get("max_ngram", 4)), min_ngram=int(spec.get("min_ngram", 1)),
-                            topk=int(spec.get("topk", 1)))
-    if method == "draft":
+def make_drafter(spec: SpeculativeConfig, target, engine, dtype, device) -> Drafter:
+    """Build the drafter of ``spec`` for ``target`` under ``engine`` (an ``EngineConfig``: its sequences,
+    context and block size size the drafter's own KV pool)."""
+    max_model_len = engine.context_len(target.config.max_position_embeddings)
+    if spec.method == "ngram":
+        return NgramDrafter(spec.num_tokens, max_ngram=spec.max_ngram, min_ngram=spec.min_ngram, topk=spec.topk)
+    if spec.method == "draft":
         from ..weights.loader import load_checkpoint
         from .draft_model import DraftModelDrafter
 
-        if not spec.get("model"):
-            raise ValueError("speculative method 'draft' needs 'model': a smaller checkpoint with the same tokenizer")
-        ckpt = load_checkpoint(spec["model"], dtype, device, cpu_kernels=True)  # the target's decode path
+        ckpt = load_checkpoint(spec.model, dtype, device, cpu_kernels=True)  # the target's decode path
         if ckpt.config.vocab_size < target.config.vocab_size - 1024:
-            raise ValueError(f"draft model {spec['model']} has vocab {ckpt.config.vocab_size}, the target "
+            raise ValueError(f"draft model {spec.model} has vocab {ckpt.config.vocab_size}, the target "
                              f"{target.config.vocab_size}: a draft must share the target's tokenizer")
-        steps = spec.get("num_steps")
-        return DraftModelDrafter(ckpt.model, k, dtype, max_model_len, max_num_seqs,
-                                 float(spec.get("kv_cache_memory_gb", 1.0)), device, topk=int(spec.get("topk", 1)),
-                                 num_steps=int(steps) if steps is not None else None)
-    if method == "eagle3":
-        from .eagle3 import Eagle3Drafter
+        return DraftModelDrafter(ckpt.model, spec.num_tokens, dtype, max_model_len, engine.max_num_seqs,
+                                 spec.kv_cache_memory_gb, device, block_size=engine.block_size, topk=spec.topk,
+                                 num_steps=spec.num_steps)
+    from .eagle3 import Eagle3Drafter  # SpeculativeConfig admits no other method
 
-        return Eagle3Drafter.from_spec(spec, target, max_model_len, max_num_seqs, dtype, device)
-    raise ValueError(f"speculative method {method!r} is not supported; use 'ngram', 'draft' or 'eagle3'")
+    return Eagle3Drafter.from_spec(spec, target, engine, dtype, device)

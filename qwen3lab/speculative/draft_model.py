@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..engine.block_manager import BlockManager
-from ..engine.kv_cache import PagedKVCache, bytes_per_block
-from ..engine.sequence import Sequence
+from ..engine.kv_cache import PagedKVCache, pool_num_blocks
+from ..engine.sequence import Sequence, SpecDraft
 from ..model import AttentionMetadata, CausalLM, TokenTree
 from ..sampling import processed_probs
 from .tree import DraftTree, SlotView, tree_shape
@@ -32,15 +32,16 @@ class _DraftState:
 
 
 class DraftModelDrafter:
+    hidden_layers: tuple[int, ...] = ()  # drafts from tokens alone
+
     def __init__(self, model: CausalLM, num_tokens: int, dtype: torch.dtype, max_model_len: int,
-                 max_num_seqs: int, kv_cache_memory_gb: float = 1.0, device="cpu", block_size: int = 16,
+                 max_num_seqs: int, kv_cache_memory_gb: float, device, block_size: int,
                  topk: int = 1, num_steps: int | None = None):
         self.model, self.num_tokens, self.device = model, num_tokens, torch.device(device)
         self.topk, self.num_steps = tree_shape(num_tokens, topk, num_steps)
         cfg = model.config
-        per_block = bytes_per_block(cfg, block_size, dtype)
-        wanted = -(-max_num_seqs * (max_model_len + max(num_tokens, topk * self.num_steps)) // block_size)
-        num_blocks = max(1, min(wanted, int(kv_cache_memory_gb * 2**30 // per_block)))
+        num_blocks = pool_num_blocks(cfg, block_size, dtype, kv_cache_memory_gb, max_num_seqs,
+                                     max_model_len + max(num_tokens, topk * self.num_steps))
         self.cache = PagedKVCache(cfg, num_blocks, block_size, dtype, device)
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
         self.blocks.on_discard = self.cache.discard  # finished sequences' draft KV memory goes back to the OS
@@ -101,8 +102,7 @@ class DraftModelDrafter:
             if not active:
                 break
         for seq, d, pr in zip(seqs, drafts, probs):
-            seq.spec_tokens = d
-            seq.spec_probs = torch.stack(pr) if pr and seq.params.temperature != 0 else None
+            seq.draft = SpecDraft(d, torch.stack(pr) if pr and seq.params.temperature != 0 else None)
 
     @torch.inference_mode()
     def _propose_tree(self, seqs: list[Sequence], budgets: list[int], states: list[_DraftState],
@@ -125,8 +125,11 @@ class DraftModelDrafter:
                     row += 1
         for seq, st, p, t, budget in zip(seqs, states, prefix, trees, budgets):
             st.num_computed = p  # the tree's keys are not kept
-            seq.spec_tokens, seq.spec_parents = t.select(budget)
-            seq.spec_probs = None
+            tokens, parents = t.select(budget)
+            seq.draft = SpecDraft(tokens, parents=parents)
+
+    def observe(self, seqs, num_new_tokens, starts, hidden) -> None:
+        pass
 
     def on_verified(self, seq: Sequence, num_accepted: int, path: list[int] | None = None) -> None:
         st = self.states.get(seq.seq_id)

@@ -20,7 +20,7 @@ The ``num_tokens`` best nodes of all levels form the tree the target verifies (a
 above its parent, so the best nodes include their ancestors). Tree drafts are deterministic: the
 target verifies them with the one-hot proposal rule, so sampling stays exact.
 
-``spec_probs`` are the draft's warped distributions over the target vocabulary (draft-vocab logits
+``draft.probs`` are the draft's warped distributions over the target vocabulary (draft-vocab logits
 scattered through ``d2t``, other ids -inf), so rejection sampling stays exact; greedy drafts pass None.
 
 Limits: with prefix-cache hits the target never feeds the cached prompt tokens, so their features
@@ -38,11 +38,13 @@ from dataclasses import dataclass, field
 import torch
 
 from ..engine.block_manager import BlockManager
-from ..engine.kv_cache import PagedKVCache, bytes_per_block
-from ..engine.sequence import Sequence
+from ..engine.config import EngineConfig
+from ..engine.kv_cache import PagedKVCache, pool_num_blocks
+from ..engine.sequence import Sequence, SpecDraft
 from ..model import AttentionMetadata, TokenTree
 from ..sampling import processed_probs
 from .eagle3_io import load_eagle3
+from .config import SpeculativeConfig
 from .eagle3_model import Eagle3Model
 from .tree import DraftTree, SlotView, tree_shape
 
@@ -56,7 +58,7 @@ class _State:
 
 class Eagle3Drafter:
     def __init__(self, model: Eagle3Model, target, num_tokens: int, max_model_len: int, max_num_seqs: int,
-                 dtype: torch.dtype, device="cpu", kv_cache_memory_gb: float = 0.5, block_size: int = 16,
+                 dtype: torch.dtype, device, kv_cache_memory_gb: float, block_size: int,
                  topk: int = 1, num_steps: int | None = None):
         self.model, self.num_tokens, self.device = model, num_tokens, torch.device(device)
         self.topk, self.num_steps = tree_shape(num_tokens, topk, num_steps)
@@ -73,9 +75,8 @@ class Eagle3Drafter:
         self.hidden_layers = tuple(sorted(set(layers)))
         self._aux_order = [self.hidden_layers.index(i) for i in layers]
         self.embed = model.embed_tokens if model.embed_tokens is not None else target.model.embed_tokens
-        per_block = bytes_per_block(base, block_size, dtype)
-        wanted = -(-max_num_seqs * (max_model_len + max(num_tokens, topk * self.num_steps)) // block_size)
-        num_blocks = max(1, min(wanted, int(kv_cache_memory_gb * 2**30 // per_block)))
+        num_blocks = pool_num_blocks(base, block_size, dtype, kv_cache_memory_gb, max_num_seqs,
+                                     max_model_len + max(num_tokens, topk * self.num_steps))
         self.cache = PagedKVCache(base, num_blocks, block_size, dtype, device)
         self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
         self.blocks.on_discard = self.cache.discard  # finished sequences' draft KV memory goes back to the OS
@@ -83,19 +84,16 @@ class Eagle3Drafter:
         self.target_ids = model.draft_to_target(torch.arange(model.config.draft_vocab_size, device=model.d2t.device))
 
     @classmethod
-    def from_spec(cls, spec: dict, target, max_model_len: int, max_num_seqs: int, dtype, device) -> "Eagle3Drafter":
-        if not spec.get("model"):
-            raise ValueError("speculative method 'eagle3' needs 'model': the folder of an EAGLE3 draft checkpoint")
-        model = load_eagle3(spec["model"], dtype, device)
-        steps = spec.get("num_steps")
-        return cls(model, target, int(spec.get("num_tokens", 4)), max_model_len, max_num_seqs, dtype, device,
-                   float(spec.get("kv_cache_memory_gb", 0.5)), topk=int(spec.get("topk", 1)),
-                   num_steps=int(steps) if steps is not None else None)
+    def from_spec(cls, spec: SpeculativeConfig, target, engine: EngineConfig, dtype, device) -> "Eagle3Drafter":
+        model = load_eagle3(spec.model, dtype, device)
+        return cls(model, target, spec.num_tokens, engine.context_len(target.config.max_position_embeddings),
+                   engine.max_num_seqs, dtype, device, spec.kv_cache_memory_gb, engine.block_size, topk=spec.topk,
+                   num_steps=spec.num_steps)
 
     @torch.inference_mode()
     def observe(self, seqs: list[Sequence], num_new_tokens: list[int], starts: list[int],
-                captured: list[torch.Tensor]) -> None:
-        aux = torch.cat([captured[i] for i in self._aux_order], dim=-1)
+                hidden: list[torch.Tensor]) -> None:
+        aux = torch.cat([hidden[i] for i in self._aux_order], dim=-1)
         fused = self.model.fuse(aux.to(self.model.fc.weight.dtype))
         for seq, n, s0 in zip(seqs, num_new_tokens, starts):
             st = self.states.setdefault(seq.seq_id, _State())
@@ -183,11 +181,10 @@ class Eagle3Drafter:
             chain = [SlotView(states[i], states[i].num_computed + step + 1) for i in active]
             h = self._forward(chain, [[drafts[i][-1]] for i in active], h[nxt], [1] * len(active))
         for seq, d, pr in zip(seqs, drafts, probs):
-            seq.spec_tokens = d
-            seq.spec_probs = torch.stack(pr) if pr and pr[0] is not None else None
+            seq.draft = SpecDraft(d, torch.stack(pr) if pr and pr[0] is not None else None)
 
     def _propose_tree(self, seqs: list[Sequence], budgets: list[int], states: list[_State], h: torch.Tensor) -> None:
-        """EAGLE-2 dynamic tree from the root outputs h [B, hidden]; sets spec_tokens and spec_parents.
+        """EAGLE-2 dynamic tree from the root outputs h [B, hidden]; sets each sequence's draft tokens and parents.
         A fed candidate's hidden input is the draft output it was predicted from."""
         trees = [DraftTree(self.topk) for _ in seqs]
         logp = torch.log_softmax(self.model.compute_logits(h), dim=-1)
@@ -208,8 +205,8 @@ class Eagle3Drafter:
                     t.add_children(c, logp[row], self.target_ids, outs[row])
                     row += 1
         for seq, t, budget in zip(seqs, trees, budgets):
-            seq.spec_tokens, seq.spec_parents = t.select(budget)
-            seq.spec_probs = None
+            tokens, parents = t.select(budget)
+            seq.draft = SpecDraft(tokens, parents=parents)
 
     def on_verified(self, seq: Sequence, num_accepted: int, path: list[int] | None = None) -> None:
         """Draft KV past num_computed is stale by construction and rejected features are trimmed in

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine.sequence import Sequence
+from ..engine.sequence import Sequence, SpecDraft
 
 
 class NgramDrafter:
+    hidden_layers: tuple[int, ...] = ()  # drafts from tokens alone
+
     def __init__(self, num_tokens: int = 4, max_ngram: int = 4, min_ngram: int = 1, topk: int = 1):
         if topk < 1:
             raise ValueError(f"speculative topk must be >= 1, got {topk}")
@@ -72,13 +74,15 @@ class NgramDrafter:
 
     def propose(self, seqs: list[Sequence], budgets: list[int]) -> None:
         for seq, k in zip(seqs, budgets):
-            seq.spec_probs = None
             if self.topk == 1:
-                seq.spec_tokens = self.propose_one(seq.all_token_ids, k)
+                seq.draft = SpecDraft(self.propose_one(seq.all_token_ids, k))
                 continue
-            seq.spec_tokens, parents = self.propose_tree(seq.all_token_ids, k)
+            tokens, parents = self.propose_tree(seq.all_token_ids, k)
             # A tree without branches is a chain: the plain path, no tree masks.
-            seq.spec_parents = None if parents == list(range(-1, len(parents) - 1)) else parents
+            seq.draft = SpecDraft(tokens, None, None if parents == list(range(-1, len(parents) - 1)) else parents)
+
+    def observe(self, seqs, num_new_tokens, starts, hidden) -> None:
+        pass
 
     def on_verified(self, seq: Sequence, num_accepted: int, path: list[int] | None = None) -> None:
         pass

@@ -36,7 +36,7 @@ async def health(request: Request):
 @router.get("/metrics")
 async def metrics(request: Request):
     state = get_state(request)
-    return PlainTextResponse(state.metrics.render(state.llm.engine),
+    return PlainTextResponse(state.metrics.render(state.llm.engine.stats()),
                              media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
