@@ -5,5 +5,5 @@ from .layer import LoRAAdapter, LoRALinear, PackedLoRALinear
 from .multi import AdapterBank, MultiLoRALinear, apply_adapters
 from .peft_io import load_adapter, save_adapter
 
-__all__ = ["DEFAULT_TARGETS", "AdapterBank", "LoRAAdapter", "LoRALinear", "PackedLoRALinear", "MultiLoRALinear", "apply_adapters", "apply_lora",
-           "lora_disabled", "lora_layers", "load_adapter", "merge_lora", "save_adapter"]
+__all__ = ["DEFAULT_TARGETS", "AdapterBank", "LoRAAdapter", "LoRALinear", "MultiLoRALinear", "PackedLoRALinear",
+           "apply_adapters", "apply_lora", "lora_disabled", "lora_layers", "load_adapter", "merge_lora", "save_adapter"]

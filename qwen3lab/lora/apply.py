@@ -1,7 +1,7 @@
 """Put LoRA layers into a ``CausalLM`` from outside, take them out again (merge), switch them off.
 
 Targets are matched by the last component of the Hugging Face module name (``q_proj`` ...
-``down_proj``), as PEFT's ``target_modules`` list does, parts of packed projections included; ``lm_head`` and embeddings are never wrapped. After
+``down_proj``, parts of packed projections included), as PEFT's ``target_modules`` list does; ``lm_head`` and embeddings are never wrapped. After
 ``apply_lora`` only the adapter parameters require grad.
 """
 

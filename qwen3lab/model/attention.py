@@ -33,10 +33,11 @@ class Attention(nn.Module):
         h, q, kv = config.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.qkv_sizes = (q, kv, kv)
         inp = input_size or h
+        qkv_names = (f"{prefix}.q_proj", f"{prefix}.k_proj", f"{prefix}.v_proj")
         self.qkv_proj = Linear(inp, self.qkv_sizes, config.qkv_bias,
-                               plan.linear((f"{prefix}.q_proj", f"{prefix}.k_proj", f"{prefix}.v_proj"), inp, self.qkv_sizes,
-                                           config.qkv_bias), plan.dtype)
-        self.o_proj = Linear(q, h, config.o_bias, plan.linear((f"{prefix}.o_proj",), q, (h,), config.o_bias), plan.dtype)
+                               plan.linear(qkv_names, inp, self.qkv_sizes, config.qkv_bias), plan.dtype)
+        self.o_proj = Linear(q, h, config.o_bias, plan.linear((f"{prefix}.o_proj",), q, (h,), config.o_bias),
+                             plan.dtype)
         if config.qk_norm:  # Qwen3: per-head RMSNorm before RoPE
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, plan.ops)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, plan.ops)

@@ -26,7 +26,8 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig, plan: ModelPlan = DEFAULT_PLAN, prefix: str = ""):
         super().__init__()
         h, i, b = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_up_proj = Linear(h, (i, i), b, plan.linear((f"{prefix}.gate_proj", f"{prefix}.up_proj"), h, (i, i), b), plan.dtype)
+        names = (f"{prefix}.gate_proj", f"{prefix}.up_proj")
+        self.gate_up_proj = Linear(h, (i, i), b, plan.linear(names, h, (i, i), b), plan.dtype)
         self.down_proj = Linear(i, h, b, plan.linear((f"{prefix}.down_proj",), i, (h,), b), plan.dtype)
         self.ops = plan.ops
 

@@ -58,7 +58,8 @@ def unpack_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, 
             out[name] = t
             continue
         layer = model.get_submodule(module)
-        out.update((f"{p}.{tensor}", x) for p, x in zip(parts, t.split(layer.output_sizes, dim=layer.output_dims[tensor])))
+        pieces = t.split(layer.output_sizes, dim=layer.output_dims[tensor])
+        out.update((f"{p}.{tensor}", x) for p, x in zip(parts, pieces))
     return out
 
 

@@ -200,8 +200,10 @@ class Int4Amx(Int4Method):
             w = ops.amx_dequant_int4(layer.amx_weight, layer.amx_scales, layer.amx_zeros, g)
             return F.linear(x, w.to(x.dtype))
         if x.numel() // layer.in_features >= AMX_PREFILL_ROWS:
-            return kernels.sliced_linear(x, layer.out_features, layer.in_features, lambda n0, n1, buf: ops.amx_dequant_int4(
-                layer.amx_weight[n0:n1], layer.amx_scales[n0 // 16: n1 // 16], layer.amx_zeros[n0 // 16: n1 // 16], g,
-                buf))
+            def rows(n0, n1, buf):
+                return ops.amx_dequant_int4(layer.amx_weight[n0:n1], layer.amx_scales[n0 // 16: n1 // 16],
+                                            layer.amx_zeros[n0 // 16: n1 // 16], g, buf)
+
+            return kernels.sliced_linear(x, layer.out_features, layer.in_features, rows)
         return ops.amx_int4(x.reshape(-1, layer.in_features).contiguous(), layer.amx_weight, layer.amx_scales,
                             layer.amx_zeros, g)
