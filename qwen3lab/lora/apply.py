@@ -1,8 +1,9 @@
 """Put LoRA layers into a ``CausalLM`` from outside, take them out again (merge), switch them off.
 
 Targets are matched by the last component of the Hugging Face module name (``q_proj`` ...
-``down_proj``, parts of packed projections included), as PEFT's ``target_modules`` list does; ``lm_head`` and embeddings are never wrapped. After
-``apply_lora`` only the adapter parameters require grad.
+``down_proj``, parts of packed projections included), as PEFT's ``target_modules`` list does;
+``lm_head`` and embeddings are never wrapped. After ``apply_lora`` only the adapter parameters
+require grad.
 """
 
 from __future__ import annotations
