@@ -34,6 +34,16 @@ def resolve_dtype(dtype: str | torch.dtype, checkpoint_dtype: str | None = None)
     return DTYPES[dtype]
 
 
+def _checkpoint_dtype(model: str | Path) -> str | None:
+    """The dtype a checkpoint folder's config.json declares, read before the weights (None for GGUF / hub ids)."""
+    if not Path(str(model), "config.json").exists():
+        return None
+    from .config import read_json
+
+    raw = read_json(Path(str(model), "config.json"), "model config")
+    return raw.get("torch_dtype") or raw.get("dtype")
+
+
 @dataclass
 class ChatResult:
     content: str | None
@@ -64,29 +74,27 @@ class LLM:
         ``lora``: one PEFT adapter folder applied to every request. ``lora_adapters``: {name: folder} of
         adapters served side by side on the unchanged base model, chosen per request with ``adapter=name``
         (qwen3lab/lora/multi.py); requests without one run the base model."""
+        # Resolve every setting first, so that a bad one fails before any loading work.
+        engine = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                              max_model_len=max_model_len, kv_cache_memory_gb=kv_cache_memory_gb,
+                              enable_prefix_caching=enable_prefix_caching)
+        spec = SpeculativeConfig.of(speculative)
+        if isinstance(dtype, str) and dtype != "auto":
+            resolve_dtype(dtype)
+        if quantization is not None:
+            from .quant.apply import check_mode
+
+            check_mode(quantization, quantization_group_size)
+        if lora is not None and lora_adapters:
+            raise ValueError("give either lora= (one adapter for every request) or lora_adapters= (chosen per "
+                             "request), not both; add the single adapter to lora_adapters to serve it by name")
         if model is None:
             from .weights.default_model import smollm2_gguf_path
 
             model = smollm2_gguf_path()
-        if isinstance(dtype, str) and dtype not in (*DTYPES, "auto"):
-            resolve_dtype(dtype)  # raises the clear error before any loading work
-        if quantization is not None:
-            from .quant.apply import check_mode
-
-            check_mode(quantization, quantization_group_size)  # a bad mode fails before any loading work
-        if lora is not None and lora_adapters:
-            raise ValueError("give either lora= (one adapter for every request) or lora_adapters= (chosen per "
-                             "request), not both; add the single adapter to lora_adapters to serve it by name")
         self.device = torch.device(device)
-        # The dtype follows the checkpoint when "auto"; read cheaply before the weights.
-        cfg_dtype = None
-        if dtype == "auto" and Path(str(model), "config.json").exists():
-            from .config import read_json
-
-            raw = read_json(Path(str(model), "config.json"), "model config")
-            cfg_dtype = raw.get("torch_dtype") or raw.get("dtype")
-        self.dtype = resolve_dtype(dtype, cfg_dtype)
-        # The layouts are chosen as the model is built: quantized, packed and on the CPU kernels from the start.
+        self.dtype = resolve_dtype(dtype, _checkpoint_dtype(model) if dtype == "auto" else None)
+        # Load: the layouts are chosen as the model is built (packed, quantized, on the CPU kernels).
         ckpt = load_checkpoint(model, self.dtype, self.device, quantization, quantization_group_size, cpu_kernels=True)
         self.model, self.config, self.tokenizer = ckpt.model, ckpt.config, ckpt.tokenizer
         self.generation_defaults, self.model_path = ckpt.generation, ckpt.path
@@ -98,10 +106,7 @@ class LLM:
             from .lora import apply_adapters
 
             apply_adapters(self.model, lora_adapters)
-        engine = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                              max_model_len=max_model_len, kv_cache_memory_gb=kv_cache_memory_gb,
-                              enable_prefix_caching=enable_prefix_caching)
-        spec = SpeculativeConfig.of(speculative)
+        # Engine: the scheduler, KV cache and model runner that every request goes through.
         drafter = None
         if spec is not None:
             from .speculative import make_drafter
