@@ -41,13 +41,15 @@ def add_parser(sub) -> None:
     g.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
     g.add_argument("--api-key", default=None, metavar="K",
                    help="require 'Authorization: Bearer K' on /v1/* (default: no key)")
-    g.add_argument("--served-model-name", action="append", default=None, metavar="NAME",
-                   help="model name(s) clients use (default: the --model value's last path part)")
+    g.add_argument("--served-model-name", nargs="+", action="extend", default=None, metavar="NAME",
+                   help="model name(s) clients use, the first one answered (default: the --model value as given, "
+                        "as vLLM names it; the embedded model's file name without --model)")
     g.add_argument("--lora-modules", nargs="+", action="extend", default=None, metavar="NAME=DIR",
                    help="LoRA adapters (PEFT folders) served side by side under these model names, chosen per "
                         "request by its \"model\" field (as vLLM's --lora-modules)")
     g.add_argument("--max-tokens-limit", type=int, default=None, metavar="N",
-                   help="largest max_tokens a request may ask for; also the default (default: the context)")
+                   help="cap on a request's max_tokens (larger asks are cut to it); also the default "
+                        "(default: the context)")
     g.add_argument("--max-body-mb", type=float, default=8.0, metavar="MB",
                    help="largest request body accepted (default: %(default)s)")
     g.add_argument("--max-waiting", type=int, default=256, metavar="N",
@@ -101,6 +103,14 @@ def _lora_modules(items: list[str] | None) -> dict[str, str] | None:
     return out
 
 
+def served_names(given: list[str] | None, model: str | None, model_path) -> list[str]:
+    """``--served-model-name`` values, else the ``--model`` value as given (what vLLM answers to, so clients
+    such as bfcl-eval that send the model path find it), else the embedded model's file name."""
+    if given:
+        return list(given)
+    return [str(model)] if model else [Path(str(model_path)).name.removesuffix(".gguf")]
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -116,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     llm = LLM(**model_kwargs(args), lora_adapters=adapters, max_num_seqs=args.max_num_seqs,
               max_model_len=args.max_model_len, max_num_batched_tokens=args.max_num_batched_tokens,
               kv_cache_memory_gb=args.kv_cache_memory_gb, speculative=speculative)
-    names = args.served_model_name or [Path(str(args.model or llm.model_path)).name.removesuffix(".gguf")]
+    names = served_names(args.served_model_name, args.model, llm.model_path)
     config = ServerConfig(served_model_names=names, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
                           max_body_bytes=int(args.max_body_mb * 2**20), max_waiting=args.max_waiting)
     served = ", ".join([names[0], *(adapters or {})])

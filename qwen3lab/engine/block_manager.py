@@ -55,11 +55,13 @@ class BlockManager:
     def admit(self, seq: Sequence) -> int:
         """Attach cached blocks of the longest matching prefix; return how many tokens they cover.
 
-        At least one token is left to compute, since its logits pick the next token.
+        At least one token is left to compute, since its logits pick the next token. A sequence that
+        scores its prompt (``prompt_logprobs``) takes no hits: every prompt position needs its logits;
+        its blocks are still published for later prompts.
         """
         hits: list[int] = []
         keys: list[bytes] = []
-        if self.enable_prefix_caching:
+        if self.enable_prefix_caching and seq.params.prompt_logprobs is None:
             tokens, bs = seq.all_token_ids, self.block_size
             parent = seq.cache_salt
             for i in range((len(tokens) - 1) // bs):

@@ -78,7 +78,7 @@ class LLMEngine:
         params = params.resolve(self.generation)
         request_id = request_id or f"req-{next(self._ids)}"
         room = self.max_model_len - n
-        budget = min(params.max_tokens or room, room)
+        budget = room if params.max_tokens is None else min(params.max_tokens, room)
         seqs = []
         for i in range(params.n):
             s = Sequence(request_id, i, list(prompt_token_ids), params, budget, lora_slot=slot,
@@ -143,11 +143,18 @@ class LLMEngine:
             self.drafter.propose(seqs, budgets)
 
     def _update(self, batch: ScheduledBatch, out: StepOutput) -> list[StreamDelta]:
-        """Verify the rows with drafts one by one, then sample the others together."""
+        """Record prompt log-probabilities; verify the rows with drafts one by one, then sample the others
+        together (a prompt-only request finishes instead)."""
         deltas: list[StreamDelta] = []
+        for i, (first, entries) in out.prompt_logprobs.items():
+            seq = batch.seqs[i]
+            # A preempted sequence recomputes its prompt: keep each position's entry once.
+            seq.prompt_logprobs.extend(entries[len(seq.prompt_logprobs) - first:])
         plain, plain_logits = [], []
         for i, logits in out.row_logits():
-            if len(logits) == 1:
+            if batch.seqs[i].max_tokens == 0:
+                deltas.append(self._finish_scored(batch.seqs[i]))
+            elif len(logits) == 1:
                 plain.append(batch.seqs[i])
                 plain_logits.append(logits[0])
             else:
@@ -205,6 +212,12 @@ class LLMEngine:
                 self.drafter.on_verified(seq, acc.num_accepted, acc.path)
         return deltas
 
+    def _finish_scored(self, seq: Sequence) -> StreamDelta:
+        """``max_tokens=0``: the prompt was scored, nothing is generated."""
+        seq.finish("length")
+        self._release(seq)
+        return StreamDelta(seq.request_id, seq.index, "", [], True, "length")
+
     def _append(self, seq: Sequence, token: int, logprob: dict[int, float] | None) -> StreamDelta:
         delta = append_token(seq, token, logprob, self.eos_token_ids)
         if seq.is_finished:
@@ -239,8 +252,9 @@ class LLMEngine:
                                  num_cached_tokens=s.num_cached_tokens,
                                  spec_steps=s.num_spec_steps, spec_drafted=s.num_drafted,
                                  spec_accepted=s.num_accepted) for s in seqs]
+        prompt_lps = list(seqs[0].prompt_logprobs) if seqs[0].params.prompt_logprobs is not None else None
         return RequestOutput(request_id, self._prompts.get(request_id), seqs[0].prompt_token_ids, outs,
-                             all(s.is_finished for s in seqs))
+                             all(s.is_finished for s in seqs), prompt_lps)
 
     def pop(self, request_id: str) -> RequestOutput:
         out = self.collect(request_id)

@@ -13,8 +13,11 @@ import torch
 
 from .. import kernels
 from ..model import AttentionMetadata, CausalLM, TokenTree
+from ..sampling.logprobs import logprob_entry
 from .kv_cache import PagedKVCache
 from .scheduler import ScheduledBatch
+
+PROMPT_LOGPROB_ROWS = 64  # prompt rows scored per head product: [64, vocab] float32 is 39 MB for Qwen3
 
 
 @dataclass
@@ -26,6 +29,8 @@ class StepOutput:
     widths: list[int]  # per sampling row: 1, or 1 + its draft tokens (every one needs logits to verify)
     hidden: list[torch.Tensor] = field(default_factory=list)  # captured layers, [fed tokens, hidden] each
     hidden_starts: list[int] = field(default_factory=list)  # row of each batch row's first token in those
+    # Batch rows that score their prompt: (first prompt position scored, one logprob entry per position).
+    prompt_logprobs: dict[int, tuple[int, list[dict[int, float]]]] = field(default_factory=dict)
 
     def row_logits(self) -> Iterator[tuple[int, torch.Tensor]]:
         """(batch row, its logits [width, vocab]) for every sampling row."""
@@ -70,10 +75,31 @@ class ModelRunner:
         if self.device.type == "cpu" and ids.numel() > kernels.MAX_ROWS:  # prefill-sized
             kernels.release_transients()
         starts = meta.starts if capture_layers else []
+        scored = self._prompt_logprobs(batch, meta.starts, hidden)
         rows = [i for i in range(len(batch.seqs)) if batch.samples(i)]
         if not rows:
-            return StepOutput([], torch.empty(0), [], captured, starts)
+            return StepOutput([], torch.empty(0), [], captured, starts, scored)
         widths = [1 + len(batch.seqs[i].draft.tokens) for i in rows]
         index = [meta.starts[i] + batch.num_new_tokens[i] - m + j for i, m in zip(rows, widths) for j in range(m)]
         logits = self.model.compute_logits(hidden[torch.tensor(index, device=self.device)]).cpu()
-        return StepOutput(rows, logits, widths, captured, starts)
+        return StepOutput(rows, logits, widths, captured, starts, scored)
+
+    def _prompt_logprobs(self, batch: ScheduledBatch, starts: list[int], hidden: torch.Tensor
+                         ) -> dict[int, tuple[int, list[dict[int, float]]]]:
+        """For sequences with ``prompt_logprobs``: the log-probability of each fed prompt token's successor
+        (and the top k), a slice of rows at a time so that [rows, vocab] stays small."""
+        out = {}
+        for i, (s, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+            k = s.params.prompt_logprobs
+            prompt = s.prompt_token_ids
+            first, last = s.num_computed, min(s.num_computed + n, len(prompt) - 1)  # positions p -> token p + 1
+            if k is None or first >= last:
+                continue
+            entries = []
+            for p0 in range(first, last, PROMPT_LOGPROB_ROWS):
+                p1 = min(p0 + PROMPT_LOGPROB_ROWS, last)
+                rows = hidden[starts[i] + p0 - first: starts[i] + p1 - first]
+                lps = self.model.compute_logits(rows).log_softmax(-1).cpu()
+                entries.extend(logprob_entry(lps[j], prompt[p0 + j + 1], k) for j in range(p1 - p0))
+            out[i] = (first + 1, entries)
+        return out

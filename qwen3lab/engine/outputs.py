@@ -37,6 +37,9 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = True
+    # With SamplingParams.prompt_logprobs: per prompt token {token_id: logprob} (its own first, then the
+    # top k), None for the first token, which nothing precedes.
+    prompt_logprobs: list[dict[int, float] | None] | None = None
 
     # The first sample's fields, for the common n == 1 case: outs[0].text, outs[0].token_ids.
     @property

@@ -61,6 +61,8 @@ class Sequence:
     seq_id: int = field(default_factory=lambda: next(_ids))
     output_token_ids: list[int] = field(default_factory=list)
     logprobs: list[dict[int, float]] = field(default_factory=list)
+    # With params.prompt_logprobs: entry p scores prompt token p given the tokens before it (None for p = 0).
+    prompt_logprobs: list[dict[int, float] | None] = field(default_factory=lambda: [None])
     status: Status = Status.WAITING
     block_table: list[int] = field(default_factory=list)  # KV-cache blocks, in position order
     block_hashes: list[bytes] = field(default_factory=list)  # prefix-cache keys of the full blocks

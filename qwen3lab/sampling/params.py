@@ -14,7 +14,7 @@ from ..config import GenerationDefaults
 @dataclass
 class SamplingParams:
     n: int = 1
-    max_tokens: int | None = None  # None: until eos or the context window is full
+    max_tokens: int | None = None  # None: until eos or the context window is full; 0: score the prompt only
     min_tokens: int = 0
     temperature: float | None = None  # 0 means greedy
     top_p: float | None = None
@@ -28,6 +28,7 @@ class SamplingParams:
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     logprobs: int | None = None  # None: none; 0: the sampled token's; k: plus the top k
+    prompt_logprobs: int | None = None  # the same for every prompt token after the first (vLLM's field)
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
 
@@ -44,8 +45,8 @@ class SamplingParams:
 
         if not isinstance(self.n, int) or self.n < 1:
             bad("n", "must be an integer >= 1")
-        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 1):
-            bad("max_tokens", "must be an integer >= 1 (or None for no limit)")
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 0):
+            bad("max_tokens", "must be an integer >= 0 (0: score the prompt only; None: no limit)")
         if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
             bad("min_tokens", "must be >= 0 and <= max_tokens")
         if self.temperature is not None and not (0.0 <= self.temperature <= 100.0):
@@ -63,6 +64,8 @@ class SamplingParams:
                 bad(name, "must be in [-2, 2]")
         if self.logprobs is not None and not (0 <= self.logprobs <= 20):
             bad("logprobs", "must be in [0, 20]")
+        if self.prompt_logprobs is not None and not (0 <= self.prompt_logprobs <= 20):
+            bad("prompt_logprobs", "must be in [0, 20]")
         if self.seed is not None and not isinstance(self.seed, int):
             bad("seed", "must be an integer")
         if any(not isinstance(s, str) or not s for s in self.stop):

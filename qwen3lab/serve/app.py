@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import APIError
-from .routes import chat, completions, system
+from .routes import chat, completions, system, tokenize
 from .state import ServerConfig, ServerState
 
 log = logging.getLogger("qwen3lab.serve")
@@ -113,7 +113,7 @@ def build_app(llm, config: ServerConfig | None = None) -> FastAPI:
 
     app = FastAPI(title="qwen3lab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.qwen3lab = state
-    for module in (chat, completions, system):
+    for module in (chat, completions, system, tokenize):
         app.include_router(module.router)
     app.add_exception_handler(APIError, lambda _r, e: e.response())
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -43,13 +43,11 @@ class SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
 
-    def sampling_params(self, max_tokens: int | None, logprobs: int | None,
-                        max_tokens_limit: int | None) -> SamplingParams:
-        """SamplingParams for this request; raises APIError 400 naming the bad field."""
-        if max_tokens is not None and max_tokens_limit is not None and max_tokens > max_tokens_limit:
-            raise bad_request(f"max_tokens is {max_tokens}, above this server's limit of {max_tokens_limit} "
-                              "(--max-tokens-limit)", "max_tokens")
-        if max_tokens is None:
+    def sampling_params(self, max_tokens: int | None, logprobs: int | None, max_tokens_limit: int | None,
+                        prompt_logprobs: int | None = None) -> SamplingParams:
+        """SamplingParams for this request; raises APIError 400 naming the bad field. ``--max-tokens-limit``
+        caps what a client asks for (as vLLM's max_model_len caps it), so long-output clients still run."""
+        if max_tokens is None or (max_tokens_limit is not None and max_tokens > max_tokens_limit):
             max_tokens = max_tokens_limit
         try:
             return SamplingParams(
@@ -58,7 +56,7 @@ class SamplingFields(BaseModel):
                 repetition_penalty=self.repetition_penalty,
                 presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
                 seed=self.seed, stop=self.stop, stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
-                logprobs=logprobs, skip_special_tokens=self.skip_special_tokens,
+                logprobs=logprobs, prompt_logprobs=prompt_logprobs, skip_special_tokens=self.skip_special_tokens,
                 include_stop_str_in_output=self.include_stop_str_in_output)
         except ValueError as e:  # "SamplingParams.temperature must be ..." -> param "temperature"
             field = str(e).split(".", 1)[1].split(" ", 1)[0] if str(e).startswith("SamplingParams.") else None
@@ -89,15 +87,40 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
     logprobs: int | None = None
-    echo: bool = False
+    echo: bool = False  # the prompt comes back before the completion, with its logprobs when asked
+    prompt_logprobs: int | None = None  # vLLM's field: per prompt token, in choices[i].prompt_logprobs
     suffix: str | None = None
 
     def to_sampling_params(self, max_tokens_limit: int | None) -> SamplingParams:
-        if self.echo:
-            raise bad_request("echo is not supported", "echo")
         if self.suffix:
             raise bad_request("suffix is not supported", "suffix")
+        if self.max_tokens == 0 and not self.echo and self.prompt_logprobs is None:
+            raise bad_request("max_tokens 0 generates nothing: give echo with logprobs, or prompt_logprobs, to "
+                              "score the prompt", "max_tokens")
         # OpenAI's legacy default is 16 tokens; keep it so plain clients get a short completion.
         default = min(16, max_tokens_limit or 16)
+        prompt_k = self.prompt_logprobs
+        if self.echo and self.logprobs is not None:
+            prompt_k = max(prompt_k or 0, self.logprobs)
         return self.sampling_params(self.max_tokens if self.max_tokens is not None else default, self.logprobs,
-                                    max_tokens_limit)
+                                    max_tokens_limit, prompt_k)
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's ``/tokenize``: a prompt, or chat messages rendered with the checkpoint's template."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    tokens: list[int]

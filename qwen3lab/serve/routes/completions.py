@@ -1,4 +1,9 @@
-"""``POST /v1/completions``: the legacy text API; a prompt string, token ids, or a batch of either."""
+"""``POST /v1/completions``: the legacy text API; a prompt string, token ids, or a batch of either.
+
+``echo`` returns the prompt before the completion and, with ``logprobs``, the log-probability of every
+prompt token (null for the first), as the harnesses score multiple choice; ``max_tokens: 0`` then scores
+without generating. The prompt is scored in the engine's own batches (a prefill that keeps logits).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from ..driver import Done, RequestHandle
 from ..errors import bad_request
-from ..logprobs import completion_logprobs
+from ..logprobs import completion_logprobs, echoed_logprobs, joined, prompt_logprobs_field
 from ..protocol import CompletionRequest
 from ..state import get_state
 from ..streaming import ClientGone, sse, stream_response, wait_done
@@ -40,6 +45,8 @@ async def completions(body: CompletionRequest, request: Request):
     state = get_state(request)
     model = state.check_model(body.model)
     params = body.to_sampling_params(state.config.max_tokens_limit)
+    if body.stream and params.prompt_logprobs is not None:
+        raise bad_request("prompt logprobs (echo with logprobs, or prompt_logprobs) need stream: false", "stream")
     tokenizer = state.llm.tokenizer
     prompts = await asyncio.to_thread(_prompts, body.prompt, tokenizer)
     response_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -63,10 +70,18 @@ async def completions(body: CompletionRequest, request: Request):
             return JSONResponse({}, status_code=499)
         choices = []
         for p, done in enumerate(dones):
+            ids, text = prompts[p]
+            echoed = (text if text is not None else tokenizer.decode(ids)) if body.echo else ""
+            prompt_lps = done.output.prompt_logprobs
             for o in done.output.outputs:
-                lp = completion_logprobs(tokenizer, o.token_ids, o.logprobs, k) if k is not None else None
-                choices.append({"index": index(p, o.index), "text": o.text, "logprobs": lp,
-                                "finish_reason": o.finish_reason})
+                lp = completion_logprobs(tokenizer, o.token_ids, o.logprobs or [], k) if k is not None else None
+                if lp is not None and body.echo:
+                    lp = joined(echoed_logprobs(tokenizer, ids, prompt_lps, k), lp, len(echoed))
+                choice = {"index": index(p, o.index), "text": echoed + o.text, "logprobs": lp,
+                          "finish_reason": o.finish_reason}
+                if body.prompt_logprobs is not None:
+                    choice["prompt_logprobs"] = prompt_logprobs_field(tokenizer, ids, prompt_lps)
+                choices.append(choice)
         prompt_tokens = sum(d.prompt_tokens for d in dones)
         completion_tokens = sum(len(o.token_ids) for d in dones for o in d.output.outputs)
         return {"id": response_id, "object": "text_completion", "created": created, "model": model,
@@ -90,6 +105,12 @@ async def completions(body: CompletionRequest, request: Request):
 
         tasks = [asyncio.create_task(pump(p, h)) for p, h in enumerate(handles)]
         offsets: dict[int, int] = {}
+        if body.echo:  # the prompt first, one chunk per choice
+            for p, (ids, text) in enumerate(prompts):
+                echoed = text if text is not None else tokenizer.decode(ids)
+                yield sse({"id": response_id, "object": "text_completion", "created": created, "model": model,
+                           "choices": [{"index": index(p, i), "text": echoed, "logprobs": None, "finish_reason": None}
+                                       for i in range(params.n)]})
         dones: list[Done] = []
         try:
             while len(dones) < len(handles):

@@ -1,4 +1,4 @@
-"""``GET /v1/models``, ``/health``, ``/metrics`` and the browser chat page at ``/``."""
+"""``GET /v1/models`` (and one by id), ``/health``, ``/metrics`` and the browser chat page at ``/``."""
 
 from __future__ import annotations
 
@@ -14,16 +14,27 @@ router = APIRouter()
 _STARTED = int(time.time())
 
 
-@router.get("/v1/models")
-async def models(request: Request):
-    state = get_state(request)
+def _cards(state) -> list[dict]:
     card = {"object": "model", "created": _STARTED, "owned_by": "qwen3lab",
             "max_model_len": state.llm.engine.max_model_len}
     base = [{"id": name, "root": str(state.llm.model_path), "parent": None, **card}
             for name in state.config.served_model_names]
     # Adapters as vLLM lists them: root is the adapter folder, parent the base model's name.
     adapters = [{"id": name, "root": path, "parent": state.model_name, **card} for name, path in state.adapters.items()]
-    return {"object": "list", "data": base + adapters}
+    return base + adapters
+
+
+@router.get("/v1/models")
+async def models(request: Request):
+    return {"object": "list", "data": _cards(get_state(request))}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def model(model_id: str, request: Request):
+    """One model card; ids may hold slashes (a served name such as ``Qwen/Qwen3-4B`` or a path)."""
+    state = get_state(request)
+    state.check_model(model_id)
+    return next(c for c in _cards(state) if c["id"] == model_id)
 
 
 @router.get("/health")
