@@ -1,0 +1,92 @@
+"""The evaluation loop: samples of one task through a backend, each written as it finishes, then a summary.
+
+``out/<task>/samples.jsonl`` holds one line per sample (its prompt, outputs, extracted answers and
+scores); a rerun with the same ``out`` skips the samples already there. ``summary`` averages the
+per-sample scores and gives each its standard error over samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .scoring import (choice_scores, extract_final_answer, extraction_scores, first_json_object, math_equal,
+                      mean_stderr, pass_at_k)
+from .tasks import MATH_SUFFIX, Task
+
+
+def _messages(row: dict, kind: str) -> list[dict]:
+    if "messages" in row:
+        return row["messages"]
+    text = row["problem"] + MATH_SUFFIX if kind == "math" else row["input"]
+    return [{"role": "user", "content": text}]
+
+
+def _score_generated(kind: str, row: dict, outputs: list[str]) -> dict:
+    if kind == "math":
+        answers = [extract_final_answer(o) for o in outputs]
+        correct = [float(math_equal(a, row["answer"])) for a in answers]
+        k = len(correct)
+        return {"answers": answers, "correct": correct,
+                "scores": {f"avg@{k}": sum(correct) / k, f"pass@{k}": pass_at_k(k, int(sum(correct)), k)}}
+    objs = [first_json_object(o) for o in outputs]
+    per = [extraction_scores(o, row["record"]) for o in objs]
+    return {"answers": objs, "scores": {m: sum(p[m] for p in per) / len(per) for m in per[0]}}
+
+
+def evaluate(task: Task, backend, out: str | Path, n: int = 1, sampling: dict | None = None,
+             thinking: bool | None = None) -> dict:
+    """Run ``task`` (``n`` samples per problem for generated kinds) and return its summary."""
+    folder = Path(out) / task.name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "samples.jsonl"
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                done[rec["id"]] = rec
+    todo = [r for r in task.samples if r["id"] not in done]
+    rows = {r["id"]: r for r in task.samples}
+    with path.open("a") as f:
+        def write(rec: dict) -> None:
+            done[rec["id"]] = rec
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            f.flush()
+
+        if task.kind in ("math", "extraction"):
+            items = [(r["id"], _messages(r, task.kind)) for r in todo]
+            for key, outputs in backend.generate(items, dict(sampling or {}), n, thinking):
+                row = rows[key]
+                write({"id": key, "prompt": _messages(row, task.kind), "outputs": outputs,
+                       "target": row.get("answer", row.get("record")), **_score_generated(task.kind, row, outputs)})
+        elif task.kind == "multiple_choice":
+            items = [(f"{r['id']}\t{i}", r["question"], " " + c) for r in todo for i, c in enumerate(r["choices"])]
+            got: dict[str, dict[int, float]] = {}
+            for key, ll, _ in backend.loglikelihood(items):
+                sid, i = key.split("\t")
+                got.setdefault(sid, {})[int(i)] = ll
+                row = rows[sid]
+                if len(got[sid]) == len(row["choices"]):
+                    by_choice = got.pop(sid)
+                    lls = [by_choice[j] for j in range(len(row["choices"]))]
+                    write({"id": sid, "prompt": row["question"], "choices": row["choices"], "target": row["label"],
+                           "logliks": lls, "answer": max(range(len(lls)), key=lambda j: lls[j]),
+                           "scores": choice_scores(lls, row["choices"], row["label"])})
+        else:  # perplexity
+            for key, ll, count in backend.loglikelihood([(r["id"], "", r["text"]) for r in todo]):
+                write({"id": key, "loglik": ll, "tokens": count, "scores": {"nll_per_token": -ll / max(count, 1)}})
+    return summarize(task, [done[r["id"]] for r in task.samples if r["id"] in done], path)
+
+
+def summarize(task: Task, records: list[dict], path: Path) -> dict:
+    metrics = {}
+    for name in records[0]["scores"] if records else []:
+        mean, se = mean_stderr([r["scores"][name] for r in records])
+        metrics[name] = {"value": mean, "stderr": se}
+    if task.kind == "perplexity" and records:
+        total = sum(r["tokens"] for r in records)
+        metrics["perplexity"] = {"value": math.exp(-sum(r["loglik"] for r in records) / total), "stderr": None}
+    return {"task": task.name, "kind": task.kind, "samples": len(records), "metrics": metrics,
+            "samples_file": str(path)}

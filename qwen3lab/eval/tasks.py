@@ -1,0 +1,111 @@
+"""Task files and the built-in task sets.
+
+A task is a kind plus its samples. Kinds and the fields each sample needs:
+  ``math``          ``problem`` (or ``messages``) and ``answer``: generated, final answer checked
+  ``extraction``    ``input`` (or ``messages``) and ``record`` (a JSON object): generated, compared as JSON
+  ``multiple_choice``  ``question``, ``choices`` (list of strings) and ``label`` (index): log-likelihood
+  ``perplexity``    ``text``: the log-likelihood of every token
+Files are jsonl or parquet; ``kind:path`` names one (``math:my.jsonl``). Built in, generated so that
+nothing is downloaded: ``arithmetic`` (math), ``extraction``, ``arithmetic_mc`` (multiple choice) and
+``corpus`` (perplexity of the shipped text).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+KINDS = {"math": ("answer",), "extraction": ("record",), "multiple_choice": ("question", "choices", "label"),
+         "perplexity": ("text",)}
+PROMPT_FIELDS = {"math": ("problem", "messages"), "extraction": ("input", "messages")}
+BUILTIN = {"arithmetic": "math", "extraction": "extraction", "arithmetic_mc": "multiple_choice",
+           "corpus": "perplexity"}
+# Qwen's recommended instruction for maths, added to a bare ``problem``.
+MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass
+class Task:
+    name: str
+    kind: str
+    samples: list[dict]  # each with a unique "id"
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"task file {path} not found")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {n}: not JSON ({e.msg})") from None
+    return rows
+
+
+def _check(rows: list[dict], kind: str, source: str) -> list[dict]:
+    for n, row in enumerate(rows, start=1):
+        missing = [f for f in KINDS[kind] if f not in row]
+        prompt = PROMPT_FIELDS.get(kind)
+        if prompt and not any(f in row for f in prompt):
+            missing.append(" or ".join(prompt))
+        if missing:
+            raise ValueError(f"{source} sample {n}: missing field {', '.join(repr(m) for m in missing)} "
+                             f"for a {kind} task (needs {', '.join(KINDS[kind])})")
+        if kind == "multiple_choice" and not (isinstance(row["choices"], list) and
+                                              isinstance(row["label"], int) and 0 <= row["label"] < len(row["choices"])):
+            raise ValueError(f"{source} sample {n}: 'label' must index 'choices'")
+        row.setdefault("id", str(n - 1))
+    return rows
+
+
+def _arithmetic_mc(n: int, seed: int = 0) -> list[dict]:
+    rng, rows = random.Random(seed), []
+    for _ in range(n):
+        a, b = rng.randint(2, 49), rng.randint(2, 49)
+        answer = a + b
+        wrong = rng.sample([answer + d for d in (-10, -2, -1, 1, 2, 10)], 3)
+        choices = [str(c) for c in [answer, *wrong]]
+        rng.shuffle(choices)
+        rows.append({"question": f"Question: What is {a} plus {b}?\nAnswer:", "choices": choices,
+                     "label": choices.index(str(answer))})
+    return rows
+
+
+def builtin(name: str, limit: int | None) -> list[dict]:
+    n = limit or 100
+    if name == "arithmetic":
+        from ..data.arithmetic import make_problems
+
+        return [{"messages": r["messages"], "answer": r["answer"]} for r in make_problems(n, seed=1)]
+    if name == "extraction":
+        from ..data.extraction import make_examples
+
+        return [{"messages": r["messages"][:1], "record": r["record"]} for r in make_examples(n, seed=1)]
+    if name == "arithmetic_mc":
+        return _arithmetic_mc(n)
+    from ..quant.quality import CORPUS
+
+    paragraphs = [p for p in CORPUS.read_text().split("\n\n") if p.strip()]
+    return [{"text": p} for p in paragraphs[:n]]
+
+
+def load_task(spec: str, limit: int | None = None) -> Task:
+    """``spec``: a built-in name or ``kind:path``."""
+    if spec in BUILTIN:
+        kind, rows, name = BUILTIN[spec], builtin(spec, limit), spec
+    else:
+        kind, sep, path = spec.partition(":")
+        if not sep or kind not in KINDS:
+            raise ValueError(f"unknown task {spec!r}: give a built-in task ({', '.join(BUILTIN)}) or KIND:FILE "
+                             f"with KIND one of {', '.join(KINDS)}")
+        rows, name = _rows(Path(path)), Path(path).stem
+    rows = _check(rows[:limit] if limit else rows, kind, spec)
+    return Task(name, kind, rows)

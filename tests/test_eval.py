@@ -1,0 +1,105 @@
+"""`qwen3lab eval`: task files and their errors, the scores, and the same task through the engine and
+through the server giving the same samples."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from serve_fixtures import KEY, folder, server  # noqa: F401 - fixtures
+
+from qwen3lab.cli import main
+from qwen3lab.eval.backends import LocalBackend, ServerBackend
+from qwen3lab.eval.compare import compare
+from qwen3lab.eval.run import evaluate
+from qwen3lab.eval.scoring import (choice_scores, extract_final_answer, extraction_scores, math_equal,
+                                   mean_stderr, pass_at_k)
+from qwen3lab.eval.tasks import Task, load_task
+
+
+def test_scores():
+    assert extract_final_answer("<think>maybe \\boxed{3}</think>So \\boxed{\\frac{1}{2}}.") == "\\frac{1}{2}"
+    assert extract_final_answer("The total is 1,204 apples.") == "1204"
+    assert math_equal("\\frac{1}{2}", "0.5") and not math_equal("3", "4") and not math_equal(None, "4")
+    s = extraction_scores({"name": "Ana", "age": 30, "city": "Oslo"}, {"name": "Ana", "age": 31, "city": "Oslo"})
+    assert s["exact"] == 0 and s["precision"] == s["recall"] == pytest.approx(2 / 3)
+    assert extraction_scores({"b": 1, "a": [1, 2]}, {"a": [1, 2], "b": 1})["exact"] == 1
+    # acc picks the highest total, acc_norm the highest per byte (lm-eval's definitions).
+    assert choice_scores([-4.0, -6.0], ["a", "bbbbbb"], 1) == {"acc": 0.0, "acc_norm": 1.0}
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3) and pass_at_k(4, 0, 2) == 0 and pass_at_k(3, 2, 2) == 1
+    assert mean_stderr([1, 0, 1, 0]) == pytest.approx((0.5, (1 / 3 / 4) ** 0.5))
+
+
+def test_bad_task_input_names_the_file_and_field(tmp_path):
+    bad = tmp_path / "m.jsonl"
+    bad.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n" + json.dumps({"problem": "2+2?"}) + "\n")
+    with pytest.raises(ValueError, match=r"m\.jsonl sample 2: missing field 'answer'"):
+        load_task(f"math:{bad}")
+    with pytest.raises(ValueError, match="unknown task 'poetry'"):
+        load_task("poetry")
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        load_task(f"multiple_choice:{tmp_path / 'nope.jsonl'}")
+    with pytest.raises(RuntimeError, match=r"cannot reach .* http://127\.0\.0\.1:9"):
+        ServerBackend("http://127.0.0.1:9")
+    assert main(["eval", "--task", f"math:{bad}"]) == 2
+
+
+def test_engine_and_server_give_the_same_samples(server, tmp_path):  # noqa: F811
+    local = LocalBackend(server.llm.__class__(str(server.llm.model_path), dtype="float32", max_model_len=2048,
+                                              kv_cache_memory_gb=0.25))
+    remote = ServerBackend(server.url, "tiny", KEY)
+    greedy = {"temperature": 0.0, "max_tokens": 8}
+    tasks = [load_task("arithmetic_mc", 6), load_task("arithmetic", 4), load_task("corpus", 2)]
+    runs = {}
+    for name, backend in (("local", local), ("server", remote)):
+        runs[name] = [evaluate(t, backend, tmp_path / name, 1, greedy) for t in tasks]
+        (tmp_path / name / "summary.json").write_text(json.dumps({"tasks": runs[name]}))
+    for a, b in zip(runs["local"], runs["server"]):
+        sa = [json.loads(x) for x in open(a["samples_file"])]
+        sb = {r["id"]: r for r in map(json.loads, open(b["samples_file"]))}
+        assert a["samples"] == b["samples"] == len(sa)
+        for r in sa:
+            other = sb[r["id"]]
+            if "logliks" in r:
+                assert max(abs(x - y) for x, y in zip(r["logliks"], other["logliks"])) < 1e-3
+            elif "loglik" in r:
+                assert abs(r["loglik"] - other["loglik"]) < 1e-3 and r["tokens"] == other["tokens"]
+            else:
+                assert r["outputs"] == other["outputs"]
+            assert r["scores"] == pytest.approx(other["scores"], abs=1e-9)
+    # The multiple-choice log-likelihoods are those of transformers on the same weights.
+    import transformers
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(server.llm.model_path, dtype=torch.float32).eval()
+    row = json.loads(open(runs["local"][0]["samples_file"]).readline())
+    tok = server.llm.tokenizer
+    for choice, ll in zip(row["choices"], row["logliks"]):
+        ctx, whole = tok.encode(row["prompt"], add_special_tokens=False), tok.encode(row["prompt"] + " " + choice,
+                                                                                   add_special_tokens=False)
+        with torch.no_grad():
+            lp = hf(torch.tensor([whole])).logits[0].log_softmax(-1)
+        assert abs(sum(float(lp[p - 1, whole[p]]) for p in range(len(ctx), len(whole))) - ll) < 1e-4
+    # A rerun resumes: nothing is evaluated twice.
+    before = open(runs["local"][0]["samples_file"]).read()
+    evaluate(tasks[0], local, tmp_path / "local", 1, greedy)
+    assert open(runs["local"][0]["samples_file"]).read() == before
+    rows = compare(tmp_path / "local" / "summary.json", tmp_path / "server" / "summary.json")
+    assert rows and all(abs(r["delta"]) < 1e-9 for r in rows if r["metric"] != "nll_per_token")
+
+
+def test_compare_finds_a_paired_difference(tmp_path):
+    def run(name, scores):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "s.jsonl").write_text("".join(json.dumps({"id": str(i), "scores": {"acc": s}}) + "\n"
+                                                for i, s in enumerate(scores)))
+        summary = {"tasks": [{"task": "t", "metrics": {"acc": {}}, "samples_file": str(folder / "s.jsonl")}]}
+        (folder / "summary.json").write_text(json.dumps(summary))
+        return folder / "summary.json"
+
+    a = run("a", [0, 1] * 50)
+    b = run("b", [1, 1] * 50)  # the fine-tune fixed every sample the base got wrong
+    (row,) = compare(a, b)
+    assert row["delta"] == pytest.approx(0.5) and row["p_value"] < 1e-6 and row["paired_samples"] == 100
+    assert Task  # the task type is part of the public surface of qwen3lab.eval.tasks
