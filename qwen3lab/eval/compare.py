@@ -39,9 +39,10 @@ def compare(a_path: str | Path, b_path: str | Path) -> list[dict]:
                 p = math.erfc(abs(delta / se) / math.sqrt(2))
             else:
                 p = 1.0 if delta == 0 else 0.0
-            rows.append({"task": ta["task"], "metric": metric, "a": sum(sa[i]["scores"][metric] for i in ids) / len(ids),
-                         "b": sum(sb[i]["scores"][metric] for i in ids) / len(ids), "delta": delta, "stderr": se,
-                         "p_value": p, "paired_samples": len(ids)})
+            mean_a = sum(sa[i]["scores"][metric] for i in ids) / len(ids)
+            mean_b = sum(sb[i]["scores"][metric] for i in ids) / len(ids)
+            rows.append({"task": ta["task"], "metric": metric, "a": mean_a, "b": mean_b, "delta": delta,
+                         "stderr": se, "p_value": p, "paired_samples": len(ids)})
     return rows
 
 

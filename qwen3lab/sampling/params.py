@@ -14,7 +14,7 @@ from ..config import GenerationDefaults
 @dataclass
 class SamplingParams:
     n: int = 1
-    max_tokens: int | None = None  # None: until eos or the context window is full; 0: score the prompt only
+    max_tokens: int | None = None  # None: until eos or the context window is full; 0 with prompt_logprobs: score only
     min_tokens: int = 0
     temperature: float | None = None  # 0 means greedy
     top_p: float | None = None
@@ -45,8 +45,10 @@ class SamplingParams:
 
         if not isinstance(self.n, int) or self.n < 1:
             bad("n", "must be an integer >= 1")
-        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 0):
-            bad("max_tokens", "must be an integer >= 0 (0: score the prompt only; None: no limit)")
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens < 0 or (
+                self.max_tokens == 0 and self.prompt_logprobs is None)):
+            bad("max_tokens", "must be an integer >= 1, or 0 with prompt_logprobs to score the prompt only "
+                "(None: no limit)")
         if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
             bad("min_tokens", "must be >= 0 and <= max_tokens")
         if self.temperature is not None and not (0.0 <= self.temperature <= 100.0):

@@ -102,6 +102,8 @@ class CompletionRequest(SamplingFields):
         prompt_k = self.prompt_logprobs
         if self.echo and self.logprobs is not None:
             prompt_k = max(prompt_k or 0, self.logprobs)
+        elif self.echo and self.max_tokens == 0 and prompt_k is None:
+            prompt_k = 0  # the prompt back, nothing generated: a scoring request without its logprobs
         return self.sampling_params(self.max_tokens if self.max_tokens is not None else default, self.logprobs,
                                     max_tokens_limit, prompt_k)
 
