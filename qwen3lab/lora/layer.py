@@ -73,7 +73,23 @@ def _freeze(linear: nn.Module) -> None:
         p.requires_grad_(False)
 
 
-class LoRALinear(LoRAAdapter):
+class _ReadsBase:
+    """``in_features`` / ``out_features`` / ``weight`` of the wrapped layer, for code that probes them."""
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+
+class LoRALinear(_ReadsBase, LoRAAdapter):
     """A frozen linear layer (``nn.Linear`` or qwen3lab's ``Linear``) plus one adapter."""
 
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0):
@@ -85,17 +101,6 @@ class LoRALinear(LoRAAdapter):
         _freeze(linear)
         return cls(linear, r, alpha, dropout)
 
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
-    @property
-    def weight(self) -> torch.Tensor:  # code that reads .weight (dtype/device probes) keeps working
-        return self.base.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.add_delta(self.base(x), x)
@@ -108,7 +113,7 @@ class LoRALinear(LoRAAdapter):
         return self.base
 
 
-class PackedLoRALinear(nn.Module):
+class PackedLoRALinear(_ReadsBase, nn.Module):
     """A packed projection (``qkv_proj``, ``gate_up_proj``) with one adapter per targeted part, each named
     after its Hugging Face projection (``parts.q_proj``), so PEFT files map onto it part by part."""
 
@@ -127,20 +132,8 @@ class PackedLoRALinear(nn.Module):
         return cls(linear, parts, r, alpha, dropout)
 
     @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
-    @property
     def output_sizes(self) -> tuple[int, ...]:
         return self.base.output_sizes
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ys = list(self.base(x).split(self.base.output_sizes, dim=-1))

@@ -16,6 +16,7 @@ import re
 from typing import Callable
 
 from ..chat.parser import parse_output
+from ..eval.scoring import first_json_object
 
 Reward = Callable[[str, dict], float]
 
@@ -37,19 +38,8 @@ def math_reward(completion: str, example: dict) -> float:
     return float(verify(gold, parse("$" + candidate + "$")))
 
 
-def _first_json_object(text: str):
-    text = _strip_think(text).strip()
-    start = text.find("{")
-    if start < 0:
-        return None
-    try:
-        return json.JSONDecoder().raw_decode(text[start:])[0]
-    except json.JSONDecodeError:
-        return None
-
-
 def json_reward(completion: str, example: dict) -> float:
-    obj = _first_json_object(completion)
+    obj = first_json_object(completion)
     if not isinstance(obj, dict):
         return 0.0
     want = example.get("record") or {}
