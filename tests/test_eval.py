@@ -16,6 +16,7 @@ from qwen3lab.eval.run import evaluate
 from qwen3lab.eval.scoring import (choice_scores, extract_final_answer, extraction_scores, math_equal,
                                    mean_stderr, pass_at_k)
 from qwen3lab.eval.tasks import Task, load_task
+from qwen3lab.eval.tool_calls import check_calls
 
 
 def test_scores():
@@ -29,6 +30,31 @@ def test_scores():
     assert choice_scores([-4.0, -6.0], ["a", "bbbbbb"], 1) == {"acc": 0.0, "acc_norm": 1.0}
     assert pass_at_k(10, 3, 1) == pytest.approx(0.3) and pass_at_k(4, 0, 2) == 0 and pass_at_k(3, 2, 2) == 1
     assert mean_stderr([1, 0, 1, 0]) == pytest.approx((0.5, (1 / 3 / 4) ** 0.5))
+
+
+def test_tool_call_checker():
+    tools = load_task("tools", 1).samples[0]["tools"]
+    truth = [{"get_weather": {"city": ["Paris"], "unit": ["", "celsius", "fahrenheit"]}}]
+
+    def call(name, **args):
+        return {"function": {"name": name, "arguments": json.dumps(args)}}
+
+    assert check_calls([call("get_weather", city="paris")], truth, tools) == (True, "ok")  # BFCL's standardizing
+    assert check_calls([call("get_weather", city="Paris", unit="celsius")], truth, tools)[0]
+    assert check_calls([call("get_weather", city="Lima")], truth, tools)[1].startswith("get_weather: parameter 'city'")
+    assert "required parameter 'city'" in check_calls([call("get_weather", unit="celsius")], truth, tools)[1]
+    assert "unexpected parameter 'day'" in check_calls([call("get_weather", city="Paris", day=1)], truth, tools)[1]
+    assert check_calls([], truth, tools) == (False, "0 call(s), expected 1")
+    money = [{"convert_currency": {"amount": [20, 20.0], "from_currency": ["USD"], "to_currency": ["EUR"]}}]
+    assert check_calls([call("convert_currency", amount=20, from_currency="USD", to_currency="EUR")], money, tools)[0]
+    bad = check_calls([call("convert_currency", amount="20", from_currency="USD", to_currency="EUR")], money, tools)
+    assert not bad[0] and "schema says number" in bad[1]
+    # The parser reads the calls back from the text both backends produce.
+    from qwen3lab.chat.parser import parse_output
+    from qwen3lab.eval.tool_calls import as_text
+
+    (parsed,) = parse_output("Sure." + as_text([call("get_weather", city="Oslo")]), thinking=False).tool_calls
+    assert json.loads(parsed["function"]["arguments"]) == {"city": "Oslo"}
 
 
 def test_bad_task_input_names_the_file_and_field(tmp_path):
@@ -50,7 +76,7 @@ def test_engine_and_server_give_the_same_samples(server, tmp_path):  # noqa: F81
                                               kv_cache_memory_gb=0.25))
     remote = ServerBackend(server.url, "tiny", KEY)
     greedy = {"temperature": 0.0, "max_tokens": 8}
-    tasks = [load_task("arithmetic_mc", 6), load_task("arithmetic", 4), load_task("corpus", 2)]
+    tasks = [load_task("arithmetic_mc", 6), load_task("arithmetic", 4), load_task("corpus", 2), load_task("tools", 3)]
     runs = {}
     for name, backend in (("local", local), ("server", remote)):
         runs[name] = [evaluate(t, backend, tmp_path / name, 1, greedy) for t in tasks]

@@ -18,10 +18,11 @@ examples:
   qwen3lab eval --task multiple_choice:mmlu.jsonl --server http://127.0.0.1:8000 --model Qwen3-4B
   qwen3lab eval compare runs/eval-base/summary.json runs/eval-sft/summary.json
 
-Tasks: the built-in arithmetic (math), extraction, arithmetic_mc (multiple choice) and corpus
-(perplexity), or KIND:FILE with KIND math | extraction | multiple_choice | perplexity and FILE a jsonl
-or parquet file (math: problem or messages, answer; extraction: input or messages, record;
-multiple_choice: question, choices, label; perplexity: text). Each sample is written to
+Tasks: the built-in arithmetic (math), extraction, arithmetic_mc (multiple choice), corpus
+(perplexity) and tools (tool calls), or KIND:FILE with KIND math | extraction | multiple_choice |
+perplexity | tool_call and FILE a jsonl or parquet file (math: problem or messages, answer;
+extraction: input or messages, record; multiple_choice: question, choices, label; perplexity: text;
+tool_call: question or messages, tools, ground_truth in BFCL's possible-answer form). Each sample is written to
 OUT/TASK/samples.jsonl as it finishes (a rerun with the same --out resumes); the summary prints a
 table and goes to OUT/summary.json. Without --temperature, sampling follows Qwen3's recommendations
 for the mode (thinking: T 0.6, top-p 0.95, top-k 20; non-thinking: T 0.7, top-p 0.8, top-k 20,
@@ -30,7 +31,7 @@ presence penalty 1.5) and the embedded model decodes greedily; with it, only the
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="score a model or server on maths, extraction, multiple choice, perplexity",
+    p = sub.add_parser("eval", help="score a model or server: maths, extraction, multiple choice, tools, perplexity",
                        description="Evaluate a model (or an OpenAI-compatible server) on built-in or local tasks.",
                        epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--task", action="append", default=None, metavar="TASK",
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.tasks import load_task
 
     if not args.task:
-        raise ValueError("give at least one --task (built-in: arithmetic, extraction, arithmetic_mc, corpus)")
+        raise ValueError("give at least one --task (built-in: arithmetic, extraction, arithmetic_mc, corpus, tools)")
     tasks = [load_task(t, args.limit) for t in args.task]  # a bad task file fails before any model work
     if args.server:
         from ..eval.backends import ServerBackend

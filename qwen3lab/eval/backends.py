@@ -12,6 +12,8 @@ from typing import Iterable, Iterator
 
 from tqdm.auto import tqdm
 
+from .tool_calls import as_text
+
 # Qwen3's published sampling per mode; the checkpoint's generation_config and the request override it.
 THINKING_SAMPLING = {"temperature": 0.6, "top_p": 0.95, "top_k": 20}
 NON_THINKING_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "presence_penalty": 1.5}
@@ -58,20 +60,20 @@ class LocalBackend:
                 engine.pop(rid)
             bar.close()
 
-    def generate(self, items: list[tuple[str, list[dict]]], sampling: dict, n: int, thinking: bool | None
+    def generate(self, items: list[tuple], sampling: dict, n: int, thinking: bool | None
                  ) -> Iterator[tuple[str, list[str]]]:
+        """``items``: (key, messages) or (key, messages, tools); yields (key, n completion texts)."""
+        from ..chat.parser import parse_output
         from ..sampling import SamplingParams
 
         tok = self.llm.tokenizer
         params = SamplingParams(n=n, **sampling)
-        requests = ((key, tok.encode(self.llm.render_chat(messages, enable_thinking=thinking),
-                                     add_special_tokens=False), params) for key, messages in items)
-        from ..chat.parser import parse_output
-
+        requests = ((it[0], tok.encode(self.llm.render_chat(it[1], it[2] if len(it) > 2 else None, thinking),
+                                       add_special_tokens=False), params) for it in items)
         in_thinking = self.llm.thinking_enabled(thinking)
         for key, out in self._drive(requests, len(items), "generating"):
             parsed = (parse_output(o.text, thinking=in_thinking) for o in sorted(out.outputs, key=lambda o: o.index))
-            yield key, [joined(p.reasoning_content, p.content) for p in parsed]
+            yield key, [joined(p.reasoning_content, p.content) + as_text(p.tool_calls) for p in parsed]
 
     def loglikelihood(self, items: list[tuple[str, str, str]]) -> Iterator[tuple[str, float, int]]:
         """(key, context, continuation) -> (key, log P(continuation | context), continuation tokens)."""
@@ -143,14 +145,16 @@ class ServerBackend:
             extra["chat_template_kwargs"] = {"enable_thinking": thinking}
 
         def one(item):
-            key, messages = item
+            key, messages, tools = (*item, None)[:3]
+            kw = {"tools": tools} if tools else {}
             r = self.client.chat.completions.create(
-                model=self.model, messages=messages, n=n, temperature=sampling.get("temperature"),
+                model=self.model, messages=messages, n=n, temperature=sampling.get("temperature"), **kw,
                 top_p=sampling.get("top_p"), presence_penalty=sampling.get("presence_penalty"),
                 max_tokens=sampling.get("max_tokens"), seed=sampling.get("seed"), extra_body=extra)
             choices = sorted(r.choices, key=lambda c: c.index)
             # Reasoning comes back apart; keep it in front, as the local backend's raw text has it.
-            return key, [joined(getattr(c.message, "reasoning_content", None), c.message.content) for c in choices]
+            return key, [joined(getattr(c.message, "reasoning_content", None), c.message.content)
+                         + as_text([t.model_dump() for t in c.message.tool_calls or []]) for c in choices]
 
         return self._pool(one, items, "generating")
 

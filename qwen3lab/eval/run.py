@@ -11,15 +11,17 @@ import json
 import math
 from pathlib import Path
 
-from .scoring import (choice_scores, extract_final_answer, extraction_scores, first_json_object, math_equal,
-                      mean_stderr, pass_at_k)
+from .scoring import (answer_text, choice_scores, extract_final_answer, extraction_scores, first_json_object,
+                      math_equal, mean_stderr, pass_at_k)
 from .tasks import MATH_SUFFIX, Task
+from .tool_calls import check_calls
 
 
 def _messages(row: dict, kind: str) -> list[dict]:
     if "messages" in row:
         return row["messages"]
-    text = row["problem"] + MATH_SUFFIX if kind == "math" else row["input"]
+    text = {"math": lambda: row["problem"] + MATH_SUFFIX, "extraction": lambda: row["input"],
+            "tool_call": lambda: row["question"]}[kind]()
     return [{"role": "user", "content": text}]
 
 
@@ -30,6 +32,13 @@ def _score_generated(kind: str, row: dict, outputs: list[str]) -> dict:
         k = len(correct)
         return {"answers": answers, "correct": correct,
                 "scores": {f"avg@{k}": sum(correct) / k, f"pass@{k}": pass_at_k(k, int(sum(correct)), k)}}
+    if kind == "tool_call":
+        from ..chat.parser import parse_output
+
+        calls = [parse_output(answer_text(o), thinking=False).tool_calls for o in outputs]
+        checked = [check_calls(c, row["ground_truth"], row["tools"]) for c in calls]
+        return {"answers": [[c["function"] for c in cs] for cs in calls], "reasons": [r for _, r in checked],
+                "scores": {"accuracy": sum(ok for ok, _ in checked) / len(checked)}}
     objs = [first_json_object(o) for o in outputs]
     per = [extraction_scores(o, row["record"]) for o in objs]
     return {"answers": objs, "scores": {m: sum(p[m] for p in per) / len(per) for m in per[0]}}
@@ -55,12 +64,14 @@ def evaluate(task: Task, backend, out: str | Path, n: int = 1, sampling: dict | 
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
 
-        if task.kind in ("math", "extraction"):
-            items = [(r["id"], _messages(r, task.kind)) for r in todo]
+        if task.kind in ("math", "extraction", "tool_call"):
+            items = [(r["id"], _messages(r, task.kind), *([r["tools"]] if task.kind == "tool_call" else []))
+                     for r in todo]
             for key, outputs in backend.generate(items, dict(sampling or {}), n, thinking):
                 row = rows[key]
-                write({"id": key, "prompt": _messages(row, task.kind), "outputs": outputs,
-                       "target": row.get("answer", row.get("record")), **_score_generated(task.kind, row, outputs)})
+                target = row.get("answer", row.get("record", row.get("ground_truth")))
+                write({"id": key, "prompt": _messages(row, task.kind), "outputs": outputs, "target": target,
+                       **_score_generated(task.kind, row, outputs)})
         elif task.kind == "multiple_choice":
             items = [(f"{r['id']}\t{i}", r["question"], " " + c) for r in todo for i, c in enumerate(r["choices"])]
             got: dict[str, dict[int, float]] = {}

@@ -5,10 +5,12 @@ A task is a kind plus its samples. Kinds and the fields each sample needs:
   ``extraction``    ``input`` (or ``messages``) and ``record`` (a JSON object): generated, compared as JSON
   ``multiple_choice``  ``question``, ``choices`` (list of strings) and ``label`` (index): log-likelihood
   ``perplexity``    ``text``: the log-likelihood of every token
+  ``tool_call``     ``question`` (or ``messages``), ``tools`` (OpenAI function tools) and ``ground_truth``
+                    (BFCL's possible answers): the calls made, checked as BFCL's AST checker does
 Files are jsonl or parquet; ``kind:path`` names one (``math:my.jsonl``). Built in, generated so that
-nothing is downloaded: ``arithmetic`` (math), ``extraction``, ``arithmetic_mc`` (multiple choice) and
-``corpus`` (perplexity of the shipped text). The generated sets use seed 2, the held-out seed of the
-training recipes (``scripts/report_*.py`` train on seed 1).
+nothing is downloaded: ``arithmetic`` (math), ``extraction``, ``arithmetic_mc`` (multiple choice),
+``corpus`` (perplexity of the shipped text) and ``tools`` (single-turn tool calls). The generated sets
+use seed 2, the held-out seed of the training recipes (``scripts/report_*.py`` train on seed 1).
 """
 
 from __future__ import annotations
@@ -19,10 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KINDS = {"math": ("answer",), "extraction": ("record",), "multiple_choice": ("question", "choices", "label"),
-         "perplexity": ("text",)}
-PROMPT_FIELDS = {"math": ("problem", "messages"), "extraction": ("input", "messages")}
+         "perplexity": ("text",), "tool_call": ("tools", "ground_truth")}
+PROMPT_FIELDS = {"math": ("problem", "messages"), "extraction": ("input", "messages"),
+                 "tool_call": ("question", "messages")}
 BUILTIN = {"arithmetic": "math", "extraction": "extraction", "arithmetic_mc": "multiple_choice",
-           "corpus": "perplexity"}
+           "corpus": "perplexity", "tools": "tool_call"}
+_WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        "required": ["city"]}}}
+_CONVERT = {"type": "function", "function": {
+    "name": "convert_currency", "description": "Convert an amount of money between currencies",
+    "parameters": {"type": "object", "properties": {
+        "amount": {"type": "number"}, "from_currency": {"type": "string"}, "to_currency": {"type": "string"}},
+        "required": ["amount", "from_currency", "to_currency"]}}}
 # Qwen's recommended instruction for maths, added to a bare ``problem``.
 MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 
@@ -80,6 +93,25 @@ def _arithmetic_mc(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def _tools(n: int, seed: int = 2) -> list[dict]:
+    rng, rows = random.Random(seed), []
+    cities = ["Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Denver", "Seoul", "Perth"]
+    money = [("USD", "EUR"), ("EUR", "JPY"), ("GBP", "USD"), ("CHF", "CAD")]
+    for _ in range(n):
+        if rng.random() < 0.5:
+            city = rng.choice(cities)
+            unit = rng.choice([None, "celsius", "fahrenheit"])
+            question = f"What is the weather in {city} right now" + (f", in {unit}?" if unit else "?")
+            truth = [{"get_weather": {"city": [city], "unit": [unit] if unit else ["", "celsius", "fahrenheit"]}}]
+        else:
+            amount, (a, b) = rng.choice([20, 75, 120, 300]), rng.choice(money)
+            question = f"How much is {amount} {a} in {b}?"
+            truth = [{"convert_currency": {"amount": [amount, float(amount)], "from_currency": [a],
+                                           "to_currency": [b]}}]
+        rows.append({"question": question, "tools": [_WEATHER, _CONVERT], "ground_truth": truth})
+    return rows
+
+
 def builtin(name: str, limit: int | None) -> list[dict]:
     n = limit or 100
     if name == "arithmetic":
@@ -92,6 +124,8 @@ def builtin(name: str, limit: int | None) -> list[dict]:
         return [{"messages": r["messages"][:1], "record": r["record"]} for r in make_examples(n, seed=2)]
     if name == "arithmetic_mc":
         return _arithmetic_mc(n)
+    if name == "tools":
+        return _tools(n)
     from ..quant.quality import CORPUS
 
     paragraphs = [p for p in CORPUS.read_text().split("\n\n") if p.strip()]
