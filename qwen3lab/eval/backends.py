@@ -42,6 +42,10 @@ class LocalBackend:
     def thinking(self) -> bool:
         return "<think>" in (self.llm.tokenizer.chat_template or "")
 
+    @property
+    def renders_tools(self) -> bool:
+        return "tools" in (self.llm.tokenizer.chat_template or "")
+
     def _drive(self, requests: Iterable[tuple[str, list[int], object]], total: int, desc: str) -> Iterator:
         """Queue every request on the engine, step it, and yield (key, RequestOutput) as each finishes."""
         engine, pending = self.llm.engine, {}
@@ -125,13 +129,21 @@ class ServerBackend:
         return self._request(path)
 
     @property
-    def thinking(self) -> bool:
+    def template(self) -> str:
         if self._template is None:
             try:
                 self._template = self._get("/tokenizer_info").get("chat_template") or ""
             except (urllib.error.URLError, OSError, ValueError):
                 self._template = ""
-        return "<think>" in self._template
+        return self._template
+
+    @property
+    def thinking(self) -> bool:
+        return "<think>" in self.template
+
+    @property
+    def renders_tools(self) -> bool:
+        return "tools" in self.template
 
     def _pool(self, fn, items, desc: str):
         with ThreadPoolExecutor(self.concurrency) as pool:

@@ -14,7 +14,7 @@ from pathlib import Path
 from .scoring import (answer_text, choice_scores, extract_final_answer, extraction_scores, first_json_object,
                       math_equal, mean_stderr, pass_at_k)
 from .tasks import MATH_SUFFIX, Task
-from .tool_calls import check_calls
+from .tool_calls import check_calls, prompted
 
 
 def _messages(row: dict, kind: str) -> list[dict]:
@@ -65,12 +65,21 @@ def evaluate(task: Task, backend, out: str | Path, n: int = 1, sampling: dict | 
             f.flush()
 
         if task.kind in ("math", "extraction", "tool_call"):
-            items = [(r["id"], _messages(r, task.kind), *([r["tools"]] if task.kind == "tool_call" else []))
-                     for r in todo]
+            native = getattr(backend, "renders_tools", True)
+
+            def item(r):
+                if task.kind != "tool_call":
+                    return r["id"], _messages(r, task.kind)
+                if native:
+                    return r["id"], _messages(r, task.kind), r["tools"]
+                return r["id"], prompted(_messages(r, task.kind), r["tools"])
+
+            items = [item(r) for r in todo]
+            sent = {it[0]: it[1] for it in items}
             for key, outputs in backend.generate(items, dict(sampling or {}), n, thinking):
                 row = rows[key]
                 target = row.get("answer", row.get("record", row.get("ground_truth")))
-                write({"id": key, "prompt": _messages(row, task.kind), "outputs": outputs, "target": target,
+                write({"id": key, "prompt": sent[key], "outputs": outputs, "target": target,
                        **_score_generated(task.kind, row, outputs)})
         elif task.kind == "multiple_choice":
             items = [(f"{r['id']}\t{i}", r["question"], " " + c) for r in todo for i, c in enumerate(r["choices"])]

@@ -88,6 +88,17 @@ def check_calls(calls: list[dict], ground_truth: list[dict], tools: list[dict]) 
     return True, "ok"
 
 
+def prompted(messages: list[dict], tools: list[dict]) -> list[dict]:
+    """For a chat template that does not render tools: the tools and the call format in a system turn, as
+    BFCL prompts models without native function calling."""
+    docs = json.dumps([t.get("function", t) for t in tools], ensure_ascii=False)
+    system = ("You can call these functions:\n" + docs + "\nTo call one, answer only with\n<tool_call>\n"
+              '{"name": <function name>, "arguments": <JSON object of arguments>}\n</tool_call>')
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": messages[0]["content"] + "\n\n" + system}, *messages[1:]]
+    return [{"role": "system", "content": system}, *messages]
+
+
 def as_text(calls: list[dict]) -> str:
     """Tool calls written back as Hermes-style ``<tool_call>`` blocks, the form the parser reads."""
     return "".join("\n<tool_call>\n" + json.dumps({"name": (c.get("function") or c)["name"], "arguments": json.loads(
