@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..engine.block_manager import BlockManager
-from ..engine.kv_cache import PagedKVCache, pool_num_blocks
 from ..engine.sequence import Sequence, SpecDraft
 from ..model import AttentionMetadata, CausalLM, TokenTree
 from ..sampling import processed_probs
-from .tree import DraftTree, SlotView, tree_shape
+from .tree import DraftTree, SlotView, draft_pool, tree_shape
 
 
 @dataclass(eq=False)
@@ -39,12 +37,8 @@ class DraftModelDrafter:
                  topk: int = 1, num_steps: int | None = None):
         self.model, self.num_tokens, self.device = model, num_tokens, torch.device(device)
         self.topk, self.num_steps = tree_shape(num_tokens, topk, num_steps)
-        cfg = model.config
-        num_blocks = pool_num_blocks(cfg, block_size, dtype, kv_cache_memory_gb, max_num_seqs,
-                                     max_model_len + max(num_tokens, topk * self.num_steps))
-        self.cache = PagedKVCache(cfg, num_blocks, block_size, dtype, device)
-        self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
-        self.blocks.on_discard = self.cache.discard  # finished sequences' draft KV memory goes back to the OS
+        self.cache, self.blocks = draft_pool(model.config, dtype, device, block_size, kv_cache_memory_gb,
+                                             max_num_seqs, max_model_len, num_tokens, topk, self.num_steps)
         self.states: dict[int, _DraftState] = {}
 
     @torch.inference_mode()

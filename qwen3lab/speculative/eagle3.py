@@ -37,16 +37,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..engine.block_manager import BlockManager
 from ..engine.config import EngineConfig
-from ..engine.kv_cache import PagedKVCache, pool_num_blocks
 from ..engine.sequence import Sequence, SpecDraft
 from ..model import AttentionMetadata, TokenTree
 from ..sampling import processed_probs
 from .eagle3_io import load_eagle3
 from .config import SpeculativeConfig
 from .eagle3_model import Eagle3Model
-from .tree import DraftTree, SlotView, tree_shape
+from .tree import DraftTree, SlotView, draft_pool, tree_shape
 
 
 @dataclass(eq=False)
@@ -75,11 +73,8 @@ class Eagle3Drafter:
         self.hidden_layers = tuple(sorted(set(layers)))
         self._aux_order = [self.hidden_layers.index(i) for i in layers]
         self.embed = model.embed_tokens if model.embed_tokens is not None else target.model.embed_tokens
-        num_blocks = pool_num_blocks(base, block_size, dtype, kv_cache_memory_gb, max_num_seqs,
-                                     max_model_len + max(num_tokens, topk * self.num_steps))
-        self.cache = PagedKVCache(base, num_blocks, block_size, dtype, device)
-        self.blocks = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
-        self.blocks.on_discard = self.cache.discard  # finished sequences' draft KV memory goes back to the OS
+        self.cache, self.blocks = draft_pool(base, dtype, device, block_size, kv_cache_memory_gb, max_num_seqs,
+                                             max_model_len, num_tokens, topk, self.num_steps)
         self.states: dict[int, _State] = {}
         self.target_ids = model.draft_to_target(torch.arange(model.config.draft_vocab_size, device=model.d2t.device))
 

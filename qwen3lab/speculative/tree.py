@@ -94,3 +94,18 @@ class SlotView:
     @block_table.setter
     def block_table(self, value: list[int]) -> None:
         self.state.block_table = value
+
+
+def draft_pool(config, dtype, device, block_size: int, kv_cache_memory_gb: float, max_num_seqs: int,
+               max_model_len: int, num_tokens: int, topk: int, num_steps: int):
+    """A drafter's own paged KV pool and block manager, sized for every sequence plus its deepest draft;
+    finished sequences' blocks go back to the OS."""
+    from ..engine.block_manager import BlockManager
+    from ..engine.kv_cache import PagedKVCache, pool_num_blocks
+
+    num_blocks = pool_num_blocks(config, block_size, dtype, kv_cache_memory_gb, max_num_seqs,
+                                 max_model_len + max(num_tokens, topk * num_steps))
+    cache = PagedKVCache(config, num_blocks, block_size, dtype, device)
+    blocks = BlockManager(num_blocks, block_size, enable_prefix_caching=False)
+    blocks.on_discard = cache.discard
+    return cache, blocks
