@@ -16,6 +16,8 @@ from qwen3lab.eval.run import evaluate
 from qwen3lab.eval.scoring import (choice_scores, extract_final_answer, extraction_scores, math_equal,
                                    mean_stderr, pass_at_k)
 from qwen3lab.eval.tasks import Task, load_task
+from qwen3lab.eval.environments import build, dispatch
+from qwen3lab.eval.multi_turn import Dialog, parse_call
 from qwen3lab.eval.tool_calls import check_calls
 
 
@@ -57,6 +59,50 @@ def test_tool_call_checker():
     assert json.loads(parsed["function"]["arguments"]) == {"city": "Oslo"}
 
 
+def test_multi_turn_checker_replays_calls_on_the_simulated_apis():
+    (row,) = [r for r in load_task("tools_multi", 3).samples if "Bank" in r["initial_config"]
+              and "FileSystem" not in r["initial_config"]]
+    assert parse_call("transfer(from_account='checking', to_account='savings', amount=50)") == (
+        "transfer", {"from_account": "checking", "to_account": "savings", "amount": 50})
+
+    def play(turns, native=True):
+        d = Dialog(row, native_tools=native)
+        for calls in turns:
+            for step in calls:  # each step: the calls of one model reply, then its results come back
+                d.reply("", [{"function": {"name": n, "arguments": json.dumps(a)}} for n, a in step])
+            d.reply("Done.", [])
+        assert d.done and d.request() is None
+        return d
+
+    truth = [[[c] for c in turn] for turn in Dialog(row, True).truth]
+    good = play(truth)
+    assert good.score()["scores"] == {"accuracy": 1.0, "turn_accuracy": 1.0}
+    tool_msgs = [m for m in good.messages if m["role"] == "tool"]
+    assert len(tool_msgs) == 3 and json.loads(tool_msgs[0]["content"])["account"] == "checking"
+    # The same calls spread over other steps and turns still pass where BFCL's checker passes them ...
+    balance, move, pay = (t[0][0] for t in truth)
+    assert play([[[balance, move]], [], [[pay]]]).score()["turns_passed"] == [False, False, True]
+    # ... a wrong amount leaves another end state, and the turn and sample fail on it.
+    wrong = (move[0], {**move[1], "amount": move[1]["amount"] + 1})
+    s = play([[[balance]], [[wrong]], [[pay]]]).score()
+    assert s["scores"]["accuracy"] == 0 and s["turns_passed"] == [True, False, False]
+    assert s["reason"].startswith("turn 1: Bank.accounts is")
+    # Not asking for the balance leaves the state right but the ground truth's result unseen.
+    s = play([[[("list_accounts", {})]], [[move]], [[pay]]]).score()
+    assert s["reason"] == "turn 0: no call of the model returned " + json.dumps(
+        {"account": "checking", "balance": float(row["initial_config"]["Bank"]["accounts"]["checking"])})
+    # A template without tools: the calls go back as text and the results as a user turn.
+    prompted = play(truth, native=False)
+    assert prompted.score()["scores"]["accuracy"] == 1.0
+    assert "<tool_response>" in prompted.messages[2]["content"] and prompted.messages[2]["role"] == "user"
+    assert prompted.transcript()[0][0]["role"] == "system" and prompted.transcript()[1] is None
+    # Bad calls are results, not crashes.
+    env = build({"FileSystem": {"root": {"a.txt": "x"}}})
+    assert dispatch(env, "cat", {"file_name": "b.txt"}) == {"error": "cat: no file 'b.txt' here"}
+    assert "missing argument(s) content" in dispatch(env, "echo", {"file_name": "a.txt"})["error"]
+    assert dispatch(env, "fly", {}) == {"error": "no function 'fly'"}
+
+
 def test_bad_task_input_names_the_file_and_field(tmp_path):
     bad = tmp_path / "m.jsonl"
     bad.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n" + json.dumps({"problem": "2+2?"}) + "\n")
@@ -64,6 +110,11 @@ def test_bad_task_input_names_the_file_and_field(tmp_path):
         load_task(f"math:{bad}")
     with pytest.raises(ValueError, match="unknown task 'poetry'"):
         load_task("poetry")
+    turns = tmp_path / "t.jsonl"
+    turns.write_text(json.dumps({"question": ["hi"], "initial_config": {"GorillaFileSystem": {}},
+                                 "ground_truth": [[]]}) + "\n")
+    with pytest.raises(ValueError, match=r"t\.jsonl sample 1: unknown environment 'GorillaFileSystem'"):
+        load_task(f"multi_turn:{turns}")
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         load_task(f"multiple_choice:{tmp_path / 'nope.jsonl'}")
     with pytest.raises(RuntimeError, match=r"cannot reach .* http://127\.0\.0\.1:9"):
@@ -76,7 +127,8 @@ def test_engine_and_server_give_the_same_samples(server, tmp_path):  # noqa: F81
                                               kv_cache_memory_gb=0.25))
     remote = ServerBackend(server.url, "tiny", KEY)
     greedy = {"temperature": 0.0, "max_tokens": 8}
-    tasks = [load_task("arithmetic_mc", 6), load_task("arithmetic", 4), load_task("corpus", 2), load_task("tools", 3)]
+    tasks = [load_task("arithmetic_mc", 6), load_task("arithmetic", 4), load_task("corpus", 2), load_task("tools", 3),
+             load_task("tools_multi", 3)]
     runs = {}
     for name, backend in (("local", local), ("server", remote)):
         runs[name] = [evaluate(t, backend, tmp_path / name, 1, greedy) for t in tasks]
@@ -91,6 +143,8 @@ def test_engine_and_server_give_the_same_samples(server, tmp_path):  # noqa: F81
                 assert max(abs(x - y) for x, y in zip(r["logliks"], other["logliks"])) < 1e-3
             elif "loglik" in r:
                 assert abs(r["loglik"] - other["loglik"]) < 1e-3 and r["tokens"] == other["tokens"]
+            elif "turns" in r:
+                assert r["turns"] == other["turns"] and r["prompt"] == other["prompt"]
             else:
                 assert r["outputs"] == other["outputs"]
             assert r["scores"] == pytest.approx(other["scores"], abs=1e-9)

@@ -1,4 +1,5 @@
-"""`qwen3lab eval`: maths, extraction, multiple choice and perplexity, on a model or a server; `eval compare`."""
+"""`qwen3lab eval`: maths, extraction, multiple choice, tool calls and perplexity, on a model or a server;
+`eval compare`."""
 
 from __future__ import annotations
 
@@ -19,10 +20,14 @@ examples:
   qwen3lab eval compare runs/eval-base/summary.json runs/eval-sft/summary.json
 
 Tasks: the built-in arithmetic (math), extraction, arithmetic_mc (multiple choice), corpus
-(perplexity) and tools (tool calls), or KIND:FILE with KIND math | extraction | multiple_choice |
-perplexity | tool_call and FILE a jsonl or parquet file (math: problem or messages, answer;
-extraction: input or messages, record; multiple_choice: question, choices, label; perplexity: text;
-tool_call: question or messages, tools, ground_truth in BFCL's possible-answer form). Each sample is written to
+(perplexity), tools (single-turn tool calls) and tools_multi (multi-turn, against simulated file-system
+and bank APIs), or KIND:FILE with KIND math | extraction | multiple_choice | perplexity | tool_call |
+multi_turn and FILE a jsonl or parquet file (math: problem or messages, answer; extraction: input or
+messages, record; multiple_choice: question, choices, label; perplexity: text; tool_call: question or
+messages, tools, ground_truth in BFCL's possible-answer form; multi_turn: question (one entry per user
+turn), initial_config ({"FileSystem": {...}, "Bank": {...}}), ground_truth (each turn's calls, as
+BFCL writes them: "cd(folder='docs')")). Multi-turn samples are scored by the APIs' end state and the
+calls' results after every turn, as BFCL's multi-turn checker does. Each sample is written to
 OUT/TASK/samples.jsonl as it finishes (a rerun with the same --out resumes); the summary prints a
 table and goes to OUT/summary.json. Without --temperature, sampling follows Qwen3's recommendations
 for the mode (thinking: T 0.6, top-p 0.95, top-k 20; non-thinking: T 0.7, top-p 0.8, top-k 20,
@@ -81,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.tasks import load_task
 
     if not args.task:
-        raise ValueError("give at least one --task (built-in: arithmetic, extraction, arithmetic_mc, corpus, tools)")
+        raise ValueError("give at least one --task (built-in: arithmetic, extraction, arithmetic_mc, corpus, tools, "
+                         "tools_multi)")
     tasks = [load_task(t, args.limit) for t in args.task]  # a bad task file fails before any model work
     if args.server:
         from ..eval.backends import ServerBackend

@@ -46,8 +46,11 @@ class LocalBackend:
     def renders_tools(self) -> bool:
         return "tools" in (self.llm.tokenizer.chat_template or "")
 
-    def _drive(self, requests: Iterable[tuple[str, list[int], object]], total: int, desc: str) -> Iterator:
-        """Queue every request on the engine, step it, and yield (key, RequestOutput) as each finishes."""
+    def _drive(self, requests: Iterable[tuple[str, list[int], object]], total: int, desc: str,
+               follow=None) -> Iterator:
+        """Queue every request on the engine, step it, and yield (key, RequestOutput) as each finishes.
+        ``follow(key, output)`` may return the key's next (ids, params): it joins the running batch, and
+        the key is yielded only when it has no next request."""
         engine, pending = self.llm.engine, {}
         for key, ids, params in requests:
             pending[engine.add_request(ids, params)] = key
@@ -56,13 +59,42 @@ class LocalBackend:
             while pending:
                 engine.step()
                 for rid in [r for r in pending if engine.is_finished(r)]:
+                    key, out = pending.pop(rid), engine.pop(rid)
+                    again = follow(key, out) if follow else None
+                    if again is not None:
+                        pending[engine.add_request(*again)] = key
+                        continue
                     bar.update(1)
-                    yield pending.pop(rid), engine.pop(rid)
+                    yield key, out
         finally:
             for rid in pending:
                 engine.abort(rid)
                 engine.pop(rid)
             bar.close()
+
+    def _chat_ids(self, messages: list[dict], tools: list[dict] | None, thinking: bool | None) -> list[int]:
+        return self.llm.tokenizer.encode(self.llm.render_chat(messages, tools, thinking), add_special_tokens=False)
+
+    def converse(self, dialogs: dict, sampling: dict, thinking: bool | None) -> Iterator[str]:
+        """Play every ``multi_turn.Dialog`` to its end, all in one running batch; yields each key when done."""
+        from ..chat.parser import parse_output
+        from ..sampling import SamplingParams
+
+        params, in_thinking = SamplingParams(**sampling), self.llm.thinking_enabled(thinking)
+
+        def next_request(key):
+            req = dialogs[key].request()
+            return None if req is None else (self._chat_ids(*req, thinking), params)
+
+        def follow(key, out):
+            p = parse_output(out.outputs[0].text, thinking=in_thinking)
+            dialogs[key].reply(p.content, p.tool_calls)
+            return next_request(key)
+
+        first = [(k, *r) for k in dialogs if (r := next_request(k)) is not None]
+        yield from (k for k in dialogs if dialogs[k].done)
+        for key, _ in self._drive(first, len(first), "conversations", follow):
+            yield key
 
     def generate(self, items: list[tuple], sampling: dict, n: int, thinking: bool | None
                  ) -> Iterator[tuple[str, list[str]]]:
@@ -70,10 +102,9 @@ class LocalBackend:
         from ..chat.parser import parse_output
         from ..sampling import SamplingParams
 
-        tok = self.llm.tokenizer
         params = SamplingParams(n=n, **sampling)
-        requests = ((it[0], tok.encode(self.llm.render_chat(it[1], it[2] if len(it) > 2 else None, thinking),
-                                       add_special_tokens=False), params) for it in items)
+        requests = ((it[0], self._chat_ids(it[1], it[2] if len(it) > 2 else None, thinking), params)
+                    for it in items)
         in_thinking = self.llm.thinking_enabled(thinking)
         for key, out in self._drive(requests, len(items), "generating"):
             parsed = (parse_output(o.text, thinking=in_thinking) for o in sorted(out.outputs, key=lambda o: o.index))
@@ -151,24 +182,36 @@ class ServerBackend:
             for f in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="req", leave=False):
                 yield f.result()
 
-    def generate(self, items, sampling: dict, n: int, thinking: bool | None):
+    def _chat(self, messages, tools, sampling: dict, n: int, thinking: bool | None):
         extra = {k: v for k, v in sampling.items() if k in ("top_k", "min_p", "repetition_penalty")}
         if thinking is not None:
             extra["chat_template_kwargs"] = {"enable_thinking": thinking}
+        kw = {"tools": tools} if tools else {}
+        r = self.client.chat.completions.create(
+            model=self.model, messages=messages, n=n, temperature=sampling.get("temperature"), **kw,
+            top_p=sampling.get("top_p"), presence_penalty=sampling.get("presence_penalty"),
+            max_tokens=sampling.get("max_tokens"), seed=sampling.get("seed"), extra_body=extra)
+        return sorted(r.choices, key=lambda c: c.index)
 
+    def generate(self, items, sampling: dict, n: int, thinking: bool | None):
         def one(item):
             key, messages, tools = (*item, None)[:3]
-            kw = {"tools": tools} if tools else {}
-            r = self.client.chat.completions.create(
-                model=self.model, messages=messages, n=n, temperature=sampling.get("temperature"), **kw,
-                top_p=sampling.get("top_p"), presence_penalty=sampling.get("presence_penalty"),
-                max_tokens=sampling.get("max_tokens"), seed=sampling.get("seed"), extra_body=extra)
-            choices = sorted(r.choices, key=lambda c: c.index)
             # Reasoning comes back apart; keep it in front, as the local backend's raw text has it.
             return key, [joined(getattr(c.message, "reasoning_content", None), c.message.content)
-                         + as_text([t.model_dump() for t in c.message.tool_calls or []]) for c in choices]
+                         + as_text([t.model_dump() for t in c.message.tool_calls or []])
+                         for c in self._chat(messages, tools, sampling, n, thinking)]
 
         return self._pool(one, items, "generating")
+
+    def converse(self, dialogs: dict, sampling: dict, thinking: bool | None):
+        def one(key):
+            dialog = dialogs[key]
+            while (req := dialog.request()) is not None:
+                (c,) = self._chat(*req, sampling, 1, thinking)
+                dialog.reply(c.message.content, [t.model_dump() for t in c.message.tool_calls or []])
+            return key
+
+        return self._pool(one, list(dialogs), "conversations")
 
     def loglikelihood(self, items):
         def one(item):

@@ -81,6 +81,15 @@ def evaluate(task: Task, backend, out: str | Path, n: int = 1, sampling: dict | 
                 target = row.get("answer", row.get("record", row.get("ground_truth")))
                 write({"id": key, "prompt": sent[key], "outputs": outputs, "target": target,
                        **_score_generated(task.kind, row, outputs)})
+        elif task.kind == "multi_turn":
+            from .multi_turn import Dialog
+
+            native = getattr(backend, "renders_tools", True)
+            dialogs = {r["id"]: Dialog(r, native, task.name) for r in todo}
+            for key in backend.converse(dialogs, dict(sampling or {}), thinking):
+                d = dialogs.pop(key)
+                write({"id": key, "prompt": d.transcript()[0], "turns": d.log, "target": rows[key]["ground_truth"],
+                       **d.score()})
         elif task.kind == "multiple_choice":
             items = [(f"{r['id']}\t{i}", r["question"], " " + c) for r in todo for i, c in enumerate(r["choices"])]
             got: dict[str, dict[int, float]] = {}

@@ -7,9 +7,13 @@ A task is a kind plus its samples. Kinds and the fields each sample needs:
   ``perplexity``    ``text``: the log-likelihood of every token
   ``tool_call``     ``question`` (or ``messages``), ``tools`` (OpenAI function tools) and ``ground_truth``
                     (BFCL's possible answers): the calls made, checked as BFCL's AST checker does
+  ``multi_turn``    ``question`` (the user turns), ``initial_config`` (simulated APIs and their state) and
+                    ``ground_truth`` (each turn's calls): played against the APIs, scored by end state
+                    and call results as BFCL's multi-turn checker does (``multi_turn``)
 Files are jsonl or parquet; ``kind:path`` names one (``math:my.jsonl``). Built in, generated so that
 nothing is downloaded: ``arithmetic`` (math), ``extraction``, ``arithmetic_mc`` (multiple choice),
-``corpus`` (perplexity of the shipped text) and ``tools`` (single-turn tool calls). The generated sets
+``corpus`` (perplexity of the shipped text), ``tools`` (single-turn tool calls) and ``tools_multi``
+(three-turn conversations with a file system and a bank). The generated sets
 use seed 2, the held-out seed of the training recipes (``scripts/report_*.py`` train on seed 1).
 """
 
@@ -21,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KINDS = {"math": ("answer",), "extraction": ("record",), "multiple_choice": ("question", "choices", "label"),
-         "perplexity": ("text",), "tool_call": ("tools", "ground_truth")}
+         "perplexity": ("text",), "tool_call": ("tools", "ground_truth"),
+         "multi_turn": ("question", "initial_config", "ground_truth")}
 PROMPT_FIELDS = {"math": ("problem", "messages"), "extraction": ("input", "messages"),
                  "tool_call": ("question", "messages")}
 BUILTIN = {"arithmetic": "math", "extraction": "extraction", "arithmetic_mc": "multiple_choice",
-           "corpus": "perplexity", "tools": "tool_call"}
+           "corpus": "perplexity", "tools": "tool_call", "tools_multi": "multi_turn"}
 _WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
     "parameters": {"type": "object", "properties": {
@@ -73,6 +78,10 @@ def _check(rows: list[dict], kind: str, source: str) -> list[dict]:
         if missing:
             raise ValueError(f"{source} sample {n}: missing field {', '.join(repr(m) for m in missing)} "
                              f"for a {kind} task (needs {', '.join(KINDS[kind])})")
+        if kind == "multi_turn":
+            from .environments import build
+
+            build(row["initial_config"], f"{source} sample {n}")
         if kind == "multiple_choice" and not (isinstance(row["choices"], list) and isinstance(row["label"], int)
                                               and 0 <= row["label"] < len(row["choices"])):
             raise ValueError(f"{source} sample {n}: 'label' must index 'choices'")
@@ -112,6 +121,45 @@ def _tools(n: int, seed: int = 2) -> list[dict]:
     return rows
 
 
+def _multi_turn(n: int, seed: int = 2) -> list[dict]:
+    rng, rows = random.Random(seed), []
+    folders, words = ["reports", "photos", "drafts", "archive", "music"], ["budget", "plan", "todo", "ideas"]
+    payees = ["Alice", "Bob", "Carmen", "Dev"]
+    for i in range(n):
+        if i % 3 == 0:
+            folder, word = rng.choice(folders), rng.choice(words)
+            note = f"Meeting moved to {rng.choice(['Monday', 'Tuesday', 'Friday'])}."
+            rows.append({"initial_config": {"FileSystem": {"root": {"home": {"notes.txt": note, "old": {}}},
+                                                            "cwd": ["home"]}},
+                         "question": [f"Make a folder called {folder} here and go into it.",
+                                      f"Save the text '{word} for {2025 + i % 3}' in a file named {word}.txt.",
+                                      "Now go back up one folder and tell me what notes.txt says."],
+                         "ground_truth": [[f"mkdir(dir_name='{folder}')", f"cd(folder='{folder}')"],
+                                          [f"echo(content='{word} for {2025 + i % 3}', file_name='{word}.txt')"],
+                                          ["cd(folder='..')", "cat(file_name='notes.txt')"]]})
+        elif i % 3 == 1:
+            checking, move, bill = rng.choice([800, 1200, 2500]), rng.choice([50, 100, 250]), rng.choice([20, 35, 60])
+            payee = rng.choice(payees)
+            rows.append({"initial_config": {"Bank": {"accounts": {"checking": checking, "savings": 3000}}},
+                         "question": ["How much money is in my checking account?",
+                                      f"Move {move} from checking to savings.",
+                                      f"Pay {payee} {bill} from my savings."],
+                         "ground_truth": [["get_balance(account='checking')"],
+                                          [f"transfer(from_account='checking', to_account='savings', amount={move})"],
+                                          [f"pay(account='savings', payee='{payee}', amount={bill})"]]})
+        else:
+            new, folder = rng.choice(words) + ".txt", rng.choice(folders)
+            rows.append({"initial_config": {"FileSystem": {"root": {"report.txt": "Q3 totals", "draft.txt": "",
+                                                                     folder: {}}},
+                                            "Bank": {"accounts": {"checking": 640, "savings": 90}}},
+                         "question": [f"Rename report.txt to {new}.", f"Move {new} into the {folder} folder.",
+                                      "Delete draft.txt, then tell me my savings balance."],
+                         "ground_truth": [[f"mv(source='report.txt', destination='{new}')"],
+                                          [f"mv(source='{new}', destination='{folder}')"],
+                                          ["rm(file_name='draft.txt')", "get_balance(account='savings')"]]})
+    return rows
+
+
 def builtin(name: str, limit: int | None) -> list[dict]:
     n = limit or 100
     if name == "arithmetic":
@@ -126,6 +174,8 @@ def builtin(name: str, limit: int | None) -> list[dict]:
         return _arithmetic_mc(n)
     if name == "tools":
         return _tools(n)
+    if name == "tools_multi":
+        return _multi_turn(n)
     from ..quant.quality import CORPUS
 
     paragraphs = [p for p in CORPUS.read_text().split("\n\n") if p.strip()]
