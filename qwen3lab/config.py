@@ -56,6 +56,8 @@ class ModelConfig:
     rope: RopeConfig
     layer_types: tuple[str, ...]
     sliding_window: int | None = None
+    sink_tokens: int = 0  # first tokens every sliding-layer query also sees (run-time hybrid attention)
+    full_attention_decode: bool = False  # generated tokens attend fully on sliding layers too
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False

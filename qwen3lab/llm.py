@@ -64,7 +64,7 @@ class LLM:
                  enable_prefix_caching: bool = EngineConfig.enable_prefix_caching,
                  lora: str | Path | None = None, speculative: SpeculativeConfig | dict | None = None,
                  quantization: str | None = None, quantization_group_size: int | None = None,
-                 lora_adapters: dict[str, str | Path] | None = None):
+                 lora_adapters: dict[str, str | Path] | None = None, attention: dict | str | None = None):
         """Engine settings (``max_num_seqs`` ... ``enable_prefix_caching``) default to ``EngineConfig``'s;
         ``speculative``: a ``SpeculativeConfig`` or its dict form, e.g. ``{"method": "ngram", "num_tokens": 4}``.
 
@@ -73,12 +73,18 @@ class LLM:
 
         ``lora``: one PEFT adapter folder applied to every request. ``lora_adapters``: {name: folder} of
         adapters served side by side on the unchanged base model, chosen per request with ``adapter=name``
-        (qwen3lab/lora/multi.py); requests without one run the base model."""
+        (qwen3lab/lora/multi.py); requests without one run the base model.
+
+        ``attention``: hybrid full / sliding-window attention at run time, e.g. ``{"sliding_window": 2048,
+        "full_layers": [...], "sink_tokens": 10, "full_attention_decode": False}`` (qwen3lab/hybrid_attention.py)."""
         # Resolve every setting first, so that a bad one fails before any loading work.
         engine = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                               max_model_len=max_model_len, kv_cache_memory_gb=kv_cache_memory_gb,
                               enable_prefix_caching=enable_prefix_caching)
         spec = SpeculativeConfig.of(speculative)
+        from . import hybrid_attention
+
+        attention = hybrid_attention.parse(attention)
         if isinstance(dtype, str) and dtype != "auto":
             resolve_dtype(dtype)
         if quantization is not None:
@@ -95,7 +101,8 @@ class LLM:
         self.device = torch.device(device)
         self.dtype = resolve_dtype(dtype, _checkpoint_dtype(model) if dtype == "auto" else None)
         # Load: the layouts are chosen as the model is built (packed, quantized, on the CPU kernels).
-        ckpt = load_checkpoint(model, self.dtype, self.device, quantization, quantization_group_size, cpu_kernels=True)
+        ckpt = load_checkpoint(model, self.dtype, self.device, quantization, quantization_group_size, cpu_kernels=True,
+                               attention=attention, max_len=max_model_len)
         self.model, self.config, self.tokenizer = ckpt.model, ckpt.config, ckpt.tokenizer
         self.generation_defaults, self.model_path = ckpt.generation, ckpt.path
         if lora is not None:  # a PEFT-format adapter folder, applied as a module swap
@@ -218,7 +225,8 @@ class LLM:
         n, cfg = len(token_ids), self.config
         ids = torch.tensor(list(token_ids), device=self.device)
         if chunk is None:
-            meta = AttentionMetadata.build([n], [n], cfg.layer_types, cfg.sliding_window, device=self.device)
+            meta = AttentionMetadata.build([n], [n], cfg.layer_types, cfg.sliding_window, device=self.device,
+                                           sink_tokens=cfg.sink_tokens)
             return self.model.compute_logits(self.model(ids, meta)).cpu()
         from .engine.block_manager import BlockManager
         from .engine.sequence import Sequence
@@ -234,6 +242,7 @@ class LLM:
             for start in range(0, n, chunk):
                 m = min(chunk, n - start)
                 meta = AttentionMetadata.build([m], [start + m], cfg.layer_types, cfg.sliding_window,
-                                               [seq.block_table], cache.block_size, device=self.device)
+                                               [seq.block_table], cache.block_size, device=self.device,
+                                               sink_tokens=cfg.sink_tokens)
                 out.append(self.model.compute_logits(self.model(ids[start:start + m], meta, cache)).cpu())
         return torch.cat(out)

@@ -275,9 +275,9 @@ def test_bf16_model_with_kernels_matches_plain_pytorch(scratch, tokens):
     assert (out.argmax(-1) == ref.argmax(-1)).float().mean() > 0.8
 
 
-@pytest.mark.parametrize("window", [0, 5])
+@pytest.mark.parametrize("window,sinks", [(0, 0), (5, 0), (5, 3)])
 @pytest.mark.parametrize("heads,kv_heads,d", [(8, 2, 128), (4, 4, 128), (32, 8, 128), (10, 1, 64), (6, 2, 256)])
-def test_paged_decode_attention_matches_sdpa(window, heads, kv_heads, d):
+def test_paged_decode_attention_matches_sdpa(window, sinks, heads, kv_heads, d):
     torch.manual_seed(heads + window)
     slots_total, ctx = 200, [1, 9, 33, 17]
     S = max(ctx)
@@ -288,10 +288,12 @@ def test_paged_decode_attention_matches_sdpa(window, heads, kv_heads, d):
     for i, n in enumerate(ctx):
         slots[i, n:] = slots[i, n - 1]
     q = torch.randn(len(ctx), heads, d).bfloat16()
-    out = ops.paged_decode_attention(q, kc, vc, slots, torch.tensor(ctx), d ** -0.5, window)
+    ctx_t = torch.tensor(ctx)
+    out = ops.paged_decode_attention(q, kc, vc, slots, ctx_t, (ctx_t - window).clamp(min=0) if window else 0 * ctx_t,
+                                     sinks, d ** -0.5)
     for i, n in enumerate(ctx):
         keys = torch.arange(n)
-        keep = keys[keys > n - 1 - window] if window else keys
+        keep = keys[(keys > n - 1 - window) | (keys < sinks)] if window else keys
         kg = kc[slots[i, keep]].float().transpose(0, 1)
         vg = vc[slots[i, keep]].float().transpose(0, 1)
         ref = torch.nn.functional.scaled_dot_product_attention(

@@ -2,10 +2,12 @@
 
 `qwen3lab bench serve`: our HTTP server next to llama.cpp's under concurrent streaming clients.
 `qwen3lab bench sft`: LoRA SFT tokens/s and peak memory next to TRL's SFTTrainer (``cli/bench_sft.py``).
+`qwen3lab bench eval`: a generation task through `qwen3lab eval` and lm-eval's hf model (``cli/bench_eval.py``).
 """
 
 from __future__ import annotations
 
+from .bench_eval import add_eval_parser
 from .bench_sft import add_sft_parser
 from .common import HelpFormatter
 
@@ -19,6 +21,7 @@ examples:
   qwen3lab bench --speculative '{"method": "eagle3", "model": "my-eagle3", "num_tokens": 4}' --model M
   qwen3lab bench serve                            # our server vs llama_cpp.server, 1/4/16 clients
   qwen3lab bench sft                              # LoRA SFT tok/s and peak RSS vs TRL's SFTTrainer
+  qwen3lab bench eval                             # a generation task: qwen3lab eval vs lm-eval's hf model
 
 The checkpoint has random weights at the real shapes (speed does not depend on the values); it is
 built once (8 GB for Qwen3-4B) under $QWEN3LAB_CACHE/bench (default ~/.cache/qwen3lab/bench) together
@@ -59,6 +62,7 @@ def add_parser(sub) -> None:
     modes = p.add_subparsers(title="modes", dest="bench_mode", metavar="MODE")
     add_serve_parser(modes)
     add_sft_parser(modes)
+    add_eval_parser(modes)
 
 
 SERVE_EPILOG = """\

@@ -56,7 +56,8 @@ class ModelRunner:
             batch.num_new_tokens, [s.num_computed + n for s, n in zip(batch.seqs, batch.num_new_tokens)],
             self.config.layer_types, self.config.sliding_window,
             block_tables=[s.block_table for s in batch.seqs], block_size=self.cache.block_size, device=self.device,
-            trees=trees if any(t is not None for t in trees) else None)
+            trees=trees if any(t is not None for t in trees) else None, sink_tokens=self.config.sink_tokens,
+            prompt_lens=[s.num_prompt_tokens for s in batch.seqs] if self.config.full_attention_decode else None)
         return torch.tensor(ids, device=self.device), meta
 
     @torch.inference_mode()

@@ -23,7 +23,8 @@ at::Tensor rms_norm_bf16(const at::Tensor& x, const at::Tensor& w, double eps);
 at::Tensor norm_rope_bf16(const at::Tensor& x, const c10::optional<at::Tensor>& w, const at::Tensor& cos,
                           const at::Tensor& sin, double eps);
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                  const at::Tensor& slots, const at::Tensor& ctx, double scale, int64_t window);
+                                  const at::Tensor& slots, const at::Tensor& ctx, const at::Tensor& start_pos,
+                                  int64_t sinks, double scale);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv_bf16", &gemv_bf16, "y = x @ w.T for few rows (bf16)");

@@ -11,6 +11,11 @@ A row may end in a token tree (speculative decoding with trees, as in SpecInfer 
 last slots hold draft tokens that branch, each at the position of its depth and attending the
 sequence, its ancestors and itself (``TokenTree``). Slots stay consecutive, so the cache, block
 tables and slot mapping do not know about trees; only positions and masks do.
+
+Sliding-window layers see a query's own key and the ``window - 1`` before it, plus the first
+``sink_tokens`` keys of the sequence (SWAA's kept-first tokens). With ``full_attention_decode``
+(SWAA's FA decode) the window holds for prompt tokens only: a generated token (position at or past
+its row's prompt length) attends its whole context on every layer.
 """
 
 from __future__ import annotations
@@ -75,7 +80,27 @@ class RowGroup:
     token_index: torch.Tensor | None = None  # [G, T] positions of the group's tokens in the flat batch
     covers_all: bool = False  # the group is the whole batch in order: views instead of gathers
     tree: bool = False  # rows end in token trees: per-token key lists, not plain causal ones
+    window: int | None = None  # sliding layers' window
+    sinks: int = 0  # first keys every sliding-layer query also sees
+    generated: torch.Tensor | None = None  # [G, T] bool, with full_attention_decode: queries past the prompt
     _per_token: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    _starts: dict = field(default_factory=dict, repr=False)
+
+    def key_starts(self, layer_type: str, per_token: bool) -> torch.Tensor:
+        """First key each query row attends for the decode kernel (rows as ``per_token()`` gives them
+        when ``per_token``, else one per row): 0 on full layers, the window's start on sliding ones."""
+        key = (layer_type, per_token)
+        if key not in self._starts:
+            ctx = self.per_token()[1] if per_token else self.context_lens
+            if layer_type != "sliding_attention" or not self.window:
+                starts = torch.zeros_like(ctx)
+            else:
+                starts = (ctx - self.window).clamp(min=0)
+                if self.generated is not None:
+                    gen = self.generated.reshape(-1) if per_token else self.generated[:, -1]
+                    starts = torch.where(gen, torch.zeros_like(starts), starts)
+            self._starts[key] = starts
+        return self._starts[key]
 
     def per_token(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(gather [G*T, S], context lengths [G*T]): each new token as its own one-query row, so that a
@@ -103,9 +128,12 @@ class AttentionMetadata:
     @classmethod
     def build(cls, new_lens: list[int], context_lens: list[int], layer_types: tuple[str, ...],
               sliding_window: int | None, block_tables: list[list[int]] | None = None, block_size: int = 16,
-              device: torch.device | str = "cpu", trees: list[TokenTree | None] | None = None) -> "AttentionMetadata":
+              device: torch.device | str = "cpu", trees: list[TokenTree | None] | None = None,
+              sink_tokens: int = 0, prompt_lens: list[int] | None = None) -> "AttentionMetadata":
         """``block_tables`` None means no cache: each sequence attends to its own new tokens only.
-        ``trees``: per row, None or the token tree its last slots hold (needs a cache)."""
+        ``trees``: per row, None or the token tree its last slots hold (needs a cache).
+        ``prompt_lens``: per row, given only with full_attention_decode: queries at or past it see
+        their whole context on sliding layers too."""
         trees = trees if trees is not None else [None] * len(new_lens)
         if any(t is not None for t in trees) and block_tables is None:
             raise ValueError("token trees need a KV cache (block tables)")
@@ -137,11 +165,18 @@ class AttentionMetadata:
         for (n, is_tree), group in by_len.items():
             bts = [block_tables[r] for r in group] if block_tables is not None else None
             ctxs = [context_lens[r] for r in group]
+            generated = None
+            if prompt_lens is not None and "sliding_attention" in kinds:
+                qpos = torch.stack([torch.arange(ctx - n, ctx) for ctx in ctxs])
+                generated = qpos >= torch.tensor([prompt_lens[r] for r in group]).unsqueeze(1)
+                if not generated.any():
+                    generated = None
             if is_tree:
                 g = _tree_group(group, n, ctxs, [trees[r] for r in group], kinds, sliding_window, bts,
-                                block_size, device)
+                                block_size, device, sink_tokens, generated)
             else:
-                g = _group(group, n, ctxs, kinds, sliding_window, bts, block_size, device)
+                g = _group(group, n, ctxs, kinds, sliding_window, bts, block_size, device, sink_tokens, generated)
+            g.window, g.sinks, g.generated = sliding_window, sink_tokens, generated
             g.token_index = (torch.tensor([starts[r] for r in group]).unsqueeze(1) + torch.arange(n)).to(device)
             g.covers_all = group == list(range(len(new_lens))) and all(x == n for x in new_lens)
             meta.groups.append(g)
@@ -160,7 +195,7 @@ def _gather(block_tables, ctx_lens, S, block_size) -> torch.Tensor:
     return torch.stack([flat_index(bt, keys.clamp(max=ctx - 1), block_size) for bt, ctx in zip(block_tables, ctx_lens)])
 
 
-def _group(rows, n, ctx_lens, kinds, window, block_tables, block_size, device) -> RowGroup:
+def _group(rows, n, ctx_lens, kinds, window, block_tables, block_size, device, sinks=0, generated=None) -> RowGroup:
     cached = block_tables is not None
     S = max(ctx_lens) if cached else n
     gather = _gather(block_tables, ctx_lens, S, block_size).to(device) if cached else None
@@ -172,11 +207,15 @@ def _group(rows, n, ctx_lens, kinds, window, block_tables, block_size, device) -
     plain = not cached or all(ctx == n for ctx in ctx_lens)
     masks["full_attention"] = None if plain else causal.unsqueeze(1).to(device)
     if "sliding_attention" in kinds:
-        masks["sliding_attention"] = (causal & (k > q - window)).unsqueeze(1).to(device)
+        near = (k > q - window) | (k < sinks)
+        if generated is not None:
+            near = near | generated.unsqueeze(-1)
+        masks["sliding_attention"] = (causal & near).unsqueeze(1).to(device)
     return RowGroup(rows, n, S, gather, masks, context_lens=torch.tensor(ctx_lens))
 
 
-def _tree_group(rows, n, ctx_lens, trees, kinds, window, block_tables, block_size, device) -> RowGroup:
+def _tree_group(rows, n, ctx_lens, trees, kinds, window, block_tables, block_size, device, sinks=0,
+                generated=None) -> RowGroup:
     """Rows ending in token trees: each token's key list (sequence, ancestors, itself) as a mask for
     SDPA and as per-token gather rows for the decode kernel, whose windows count keys by list index,
     which is the position along a root-to-node path."""
@@ -197,7 +236,9 @@ def _tree_group(rows, n, ctx_lens, trees, kinds, window, block_tables, block_siz
             lists.append(gather[g, ks])
     masks: dict[str, torch.Tensor | None] = {"full_attention": allowed.unsqueeze(1).to(device)}
     if "sliding_attention" in kinds:
-        near = kpos.unsqueeze(1) > qpos.unsqueeze(2) - window
+        near = (kpos.unsqueeze(1) > qpos.unsqueeze(2) - window) | (kpos.unsqueeze(1) < sinks)
+        if generated is not None:
+            near = near | generated.unsqueeze(-1)
         masks["sliding_attention"] = (allowed & near).unsqueeze(1).to(device)
     width = max(len(x) for x in lists)
     per_gather = torch.stack([torch.cat([x, x[-1:].expand(width - len(x))]) for x in lists]).to(device)

@@ -42,7 +42,8 @@ class TokenLogprobs(nn.Module):
         ``target_pos[t]`` is the flat position whose next-token distribution scores ``target_ids[t]``.
         """
         lm, cfg = self.lm, self.lm.config
-        meta = AttentionMetadata.build(lens, lens, cfg.layer_types, cfg.sliding_window, device=input_ids.device)
+        meta = AttentionMetadata.build(lens, lens, cfg.layer_types, cfg.sliding_window, device=input_ids.device,
+                                       sink_tokens=cfg.sink_tokens)
         x = lm.model.embed_tokens(input_ids)
         cos, sin = lm.rotary_emb(meta.positions, x.dtype)
         math = torch.is_grad_enabled() and input_ids.device.type == "cpu" and max(lens) <= MATH_ATTENTION_MAX_LEN

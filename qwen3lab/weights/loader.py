@@ -156,18 +156,23 @@ def _trim_cpu_memory(model: CausalLM) -> None:
 
 def load_checkpoint(model: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
                     quantization: str | None = None, group_size: int | None = None,
-                    cpu_kernels: bool = False) -> Checkpoint:
+                    cpu_kernels: bool = False, attention: dict | None = None,
+                    max_len: int | None = None) -> Checkpoint:
     """Load a checkpoint (folder, GGUF file or hub id). ``quantization`` ("int8" / "int4", with int4's
     ``group_size``) quantizes a float checkpoint as it loads; ``cpu_kernels`` picks the fastest layouts and
-    kernels this machine runs (what inference wants) instead of PyTorch's own ops (the reference)."""
+    kernels this machine runs (what inference wants) instead of PyTorch's own ops (the reference).
+    ``attention``: run-time hybrid attention (``qwen3lab.hybrid_attention``), checked against ``max_len``."""
+    from .. import hybrid_attention
+
     path = resolve_model_path(model)
     opts = {"mode": quantization, "group_size": group_size, "cpu_kernels": cpu_kernels}
+    layers = lambda config: hybrid_attention.apply(config, attention, max_len)  # noqa: E731
     if path.is_file():
-        return _load_gguf(path, dtype, device, opts)
+        return _load_gguf(path, dtype, device, opts, layers)
     from ..tokenizer import Tokenizer
     from .safetensors_loader import iter_safetensors
 
-    config = ModelConfig.from_file(path / "config.json")
+    config = layers(ModelConfig.from_file(path / "config.json"))
     raw = read_json(path / "config.json", what="model config")
     generation = GenerationDefaults.from_dir(path)
     tokenizer = Tokenizer.from_dir(path)
@@ -183,12 +188,12 @@ def _count_tensors(path: Path, raw: dict) -> int | None:
     return None
 
 
-def _load_gguf(path: Path, dtype: torch.dtype, device, opts: dict) -> Checkpoint:
+def _load_gguf(path: Path, dtype: torch.dtype, device, opts: dict, layers) -> Checkpoint:
     from ..tokenizer import Tokenizer
     from .gguf_loader import load_gguf
 
     ckpt = load_gguf(path, dtype)
-    config = ModelConfig.from_dict(ckpt.config, source=str(path))
+    config = layers(ModelConfig.from_dict(ckpt.config, source=str(path)))
     generation = GenerationDefaults.from_dict(ckpt.generation_config)
     tok, meta = ckpt.tokenizer_files
     tokenizer = Tokenizer(tok, **meta)
