@@ -91,3 +91,17 @@ def describe(config: ModelConfig) -> str:
     if config.full_attention_decode:
         text += ", generated tokens attend fully"
     return text
+
+
+def set_layout(llm, config: ModelConfig) -> None:
+    """Switch a loaded ``LLM`` to ``config``'s layer types, window and sinks in place (what layer
+    selection does between its runs); cached prefixes are forgotten, since every later layer's keys
+    depend on the earlier layers' attention."""
+    if llm.engine.has_unfinished():
+        raise RuntimeError("cannot change the attention layout while requests are running")
+    llm.config = llm.model.config = llm.engine.runner.config = config
+    for i, layer in enumerate(llm.model.model.layers):
+        attn = layer.self_attn
+        attn.layer_type = config.layer_types[i]
+        attn.sliding_window = config.sliding_window if attn.layer_type == "sliding_attention" else 0
+    llm.engine.blocks.forget_cached()

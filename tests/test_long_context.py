@@ -222,3 +222,46 @@ def test_decode_kernel_rows_follow_the_hybrid_masks(fa_decode):
         fast = CpuDecodeAttention().forward(layer, q, None, None, meta, cache)
         ref = SdpaAttention().forward(layer, q, None, None, meta, cache)
         torch.testing.assert_close(fast.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_select_layers_scores_equal_a_model_loaded_with_each_layout(tmp_path):
+    """Each layer's NLL rise, measured by switching layouts in place through the scoring path, equals the
+    one from a model loaded with that layout (attention=...) scored with LLM.logits."""
+    from qwen3lab.cli import main
+    from qwen3lab.select_layers import calibration_rows, evenly_spaced, select
+
+    # The full vocabulary: the chat template's special tokens are part of every prompt.
+    folder, _ = save_reference(tmp_path / "m", "qwen3", num_hidden_layers=3, **SMALL)
+    llm = LLM(str(folder), dtype="float32", kv_cache_memory_gb=0.05, max_num_batched_tokens=64)
+    g = torch.Generator().manual_seed(8)
+    words = llm.tokenizer.decode(torch.randint(100, 4000, (70,), generator=g).tolist())
+    data = tmp_path / "calib.jsonl"
+    data.write_text("".join(json.dumps({"prompt": words[i * 7:] + " Which word came first?", "answer": words[:12]})
+                            + "\n" for i in range(3)))
+    rows = calibration_rows(str(data), 3, 0, None)
+    result = select(llm, rows, 1, 10, 2)
+    assert llm.config.layer_types == ("full_attention",) * 3  # the layout is restored
+
+    def nll(model_llm):
+        total = []
+        for r in rows:  # the context's trailing newline is scored with the answer, as lm-eval splits pairs
+            ctx = model_llm.tokenizer.encode(model_llm.render_chat(r["messages"], enable_thinking=False).rstrip(),
+                                             add_special_tokens=False)
+            ids = model_llm.tokenizer.encode(model_llm.render_chat(r["messages"], enable_thinking=False) + r["answer"],
+                                             add_special_tokens=False)
+            lp = model_llm.logits(ids).log_softmax(-1)
+            total.append(-sum(float(lp[p - 1, ids[p]]) for p in range(len(ctx), len(ids))) / (len(ids) - len(ctx)))
+        return sum(total) / len(total)
+
+    base = nll(llm)
+    assert abs(result["reference_nll"] - base) < 1e-4
+    for layer in range(3):
+        other = LLM(str(folder), dtype="float32", kv_cache_memory_gb=0.05, attention={
+            "sliding_window": 10, "sink_tokens": 2, "full_layers": [i for i in range(3) if i != layer]})
+        assert abs(result["nll_rise"][layer] - (nll(other) - base)) < 1e-4
+    assert result["attention"]["full_layers"] == [result["ranking"][0]]
+    assert evenly_spaced(36, 9) == [1, 5, 9, 13, 17, 21, 25, 29, 33] and evenly_spaced(36, 5, 1)[:2] == [1, 8]
+    out = tmp_path / "layers.json"
+    assert main(["select-layers", "--model", str(folder), "--dtype", "float32", "--data", str(data), "--budget", "2",
+                 "--window", "10", "--out", str(out)]) == 0
+    assert len(hybrid_attention.parse(str(out))["full_layers"]) == 2 and out.with_suffix(".png").stat().st_size > 1000

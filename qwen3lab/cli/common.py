@@ -38,6 +38,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--group-size", type=int, default=None, metavar="G", help="int4 group size (default 32)")
     g.add_argument("--lora", default=None, metavar="DIR",
                    help="a PEFT-format LoRA adapter folder (e.g. from `qwen3lab sft`) applied to every request")
+    g.add_argument("--attention", default=None, metavar="JSON",
+                   help='hybrid full / sliding-window attention, e.g. \'{"sliding_window": 2048, "full_layers": '
+                        '[1, 5, 9], "sink_tokens": 10, "full_attention_decode": false}\', or a JSON file such as '
+                        "`qwen3lab select-layers` writes (default: the checkpoint's own layer types)")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int, with_n: bool = True) -> None:
@@ -91,10 +95,13 @@ def model_kwargs(args: argparse.Namespace) -> dict:
         check_mode(args.quantization, args.group_size)
     elif args.group_size is not None:
         raise ValueError("--group-size needs --quantization int4")
+    from ..hybrid_attention import parse
+
+    attention = parse(getattr(args, "attention", None))
     if args.model is None:
         print(DEFAULT_NOTE, file=sys.stderr)
     return dict(model=args.model, dtype=args.dtype, device=args.device, quantization=args.quantization,
-                quantization_group_size=args.group_size, lora=args.lora)
+                quantization_group_size=args.group_size, lora=args.lora, attention=attention)
 
 
 def load_llm(args: argparse.Namespace):

@@ -20,13 +20,14 @@ examples:
   qwen3lab eval compare runs/eval-base/summary.json runs/eval-sft/summary.json
 
 Tasks: the built-in arithmetic (math), extraction, arithmetic_mc (multiple choice), corpus
-(perplexity), tools (single-turn tool calls) and tools_multi (multi-turn, against simulated file-system
-and bank APIs), or KIND:FILE with KIND math | extraction | multiple_choice | perplexity | tool_call |
-multi_turn and FILE a jsonl or parquet file (math: problem or messages, answer; extraction: input or
+(perplexity), tools (single-turn tool calls), tools_multi (multi-turn, against simulated file-system
+and bank APIs) and retrieval@N (RULER-like needles, multi-key lookups and variable tracking in about N
+tokens of filler, 4096 by default), or KIND:FILE with KIND math | extraction | multiple_choice | perplexity | tool_call |
+multi_turn | retrieval and FILE a jsonl or parquet file (math: problem or messages, answer; extraction: input or
 messages, record; multiple_choice: question, choices, label; perplexity: text; tool_call: question or
 messages, tools, ground_truth in BFCL's possible-answer form; multi_turn: question (one entry per user
 turn), initial_config ({"FileSystem": {...}, "Bank": {...}}), ground_truth (each turn's calls, as
-BFCL writes them: "cd(folder='docs')")). Multi-turn samples are scored by the APIs' end state and the
+BFCL writes them: "cd(folder='docs')"); retrieval: prompt or messages, answers). Multi-turn samples are scored by the APIs' end state and the
 calls' results after every turn, as BFCL's multi-turn checker does. Each sample is written to
 OUT/TASK/samples.jsonl as it finishes (a rerun with the same --out resumes); the summary prints a
 table and goes to OUT/summary.json. Without --temperature, sampling follows Qwen3's recommendations
@@ -100,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
 
         backend = LocalBackend(LLM(**model_kwargs(args), speculative=_speculative(args.speculative)))
         name = str(args.model or backend.llm.model_path)
+        count = lambda text: len(backend.llm.tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
+        # Sets generated at a length in tokens: measured with this model's tokenizer.
+        tasks = [load_task(t, args.limit, count) if task.kind == "retrieval" else task
+                 for t, task in zip(args.task, tasks)]
     thinking = backend.thinking and args.enable_thinking is not False
     sampling = _sampling(args, thinking, embedded=args.model is None and not args.server)
     results = []

@@ -11,6 +11,7 @@ import json
 from collections import Counter
 from dataclasses import asdict
 
+from ..hybrid_attention import describe as describe_attention
 from .common import HelpFormatter, add_model_args, load_llm
 
 ARCHITECTURES = {"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
@@ -83,6 +84,7 @@ def describe(llm) -> dict:
         "context_length": cfg.max_position_embeddings,
         "rope": _rope_summary(cfg.rope),
         "layer_types": _layer_summary(cfg.layer_types, cfg.sliding_window),
+        "attention_layout": describe_attention(cfg),
         "vocab_size": cfg.vocab_size,
         "tokenizer_vocab": tok.vocab_size,
         "bos_token": tok.bos_token,

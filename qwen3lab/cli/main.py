@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from . import bench, chat, convert, eval_ppl, generate, info, quantize, serve
+from . import bench, chat, convert, eval_ppl, generate, info, quantize, select_layers, serve
 from . import eval as eval_cmd
 from . import grpo as grpo_cmd
 from . import sft as sft_cmd
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"qwen3lab {__version__}")
     sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     for module in (generate, chat, info, quantize, eval_cmd, eval_ppl, convert, serve, bench, sft_cmd, grpo_cmd,
-                   train_eagle3):
+                   train_eagle3, select_layers):
         module.add_parser(sub)
     return parser
 

@@ -108,6 +108,11 @@ class BlockManager:
                 self.cached[key] = block
                 self.key[block] = key
 
+    def forget_cached(self) -> None:
+        """Drop every prefix-cache entry (the model changed, so cached keys and values no longer match)."""
+        self.cached.clear()
+        self.key = [None] * self.num_blocks
+
     def release(self, seq: Sequence) -> None:
         # Tail blocks are freed first so they are evicted before the shared prefix blocks.
         garbage = []

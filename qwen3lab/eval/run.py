@@ -21,7 +21,7 @@ def _messages(row: dict, kind: str) -> list[dict]:
     if "messages" in row:
         return row["messages"]
     text = {"math": lambda: row["problem"] + MATH_SUFFIX, "extraction": lambda: row["input"],
-            "tool_call": lambda: row["question"]}[kind]()
+            "tool_call": lambda: row["question"], "retrieval": lambda: row["prompt"]}[kind]()
     return [{"role": "user", "content": text}]
 
 
@@ -39,6 +39,11 @@ def _score_generated(kind: str, row: dict, outputs: list[str]) -> dict:
         checked = [check_calls(c, row["ground_truth"], row["tools"]) for c in calls]
         return {"answers": [[c["function"] for c in cs] for cs in calls], "reasons": [r for _, r in checked],
                 "scores": {"accuracy": sum(ok for ok, _ in checked) / len(checked)}}
+    if kind == "retrieval":
+        from .retrieval import score
+
+        found = [score(answer_text(o), row["answers"]) for o in outputs]
+        return {"answers": [answer_text(o) for o in outputs], "scores": {"match": sum(found) / len(found)}}
     objs = [first_json_object(o) for o in outputs]
     per = [extraction_scores(o, row["record"]) for o in objs]
     return {"answers": objs, "scores": {m: sum(p[m] for p in per) / len(per) for m in per[0]}}
@@ -64,7 +69,7 @@ def evaluate(task: Task, backend, out: str | Path, n: int = 1, sampling: dict | 
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
 
-        if task.kind in ("math", "extraction", "tool_call"):
+        if task.kind in ("math", "extraction", "tool_call", "retrieval"):
             native = getattr(backend, "renders_tools", True)
 
             def item(r):
@@ -78,7 +83,7 @@ def evaluate(task: Task, backend, out: str | Path, n: int = 1, sampling: dict | 
             sent = {it[0]: it[1] for it in items}
             for key, outputs in backend.generate(items, dict(sampling or {}), n, thinking):
                 row = rows[key]
-                target = row.get("answer", row.get("record", row.get("ground_truth")))
+                target = row.get("answer", row.get("record", row.get("ground_truth", row.get("answers"))))
                 write({"id": key, "prompt": sent[key], "outputs": outputs, "target": target,
                        **_score_generated(task.kind, row, outputs)})
         elif task.kind == "multi_turn":

@@ -10,10 +10,14 @@ A task is a kind plus its samples. Kinds and the fields each sample needs:
   ``multi_turn``    ``question`` (the user turns), ``initial_config`` (simulated APIs and their state) and
                     ``ground_truth`` (each turn's calls): played against the APIs, scored by end state
                     and call results as BFCL's multi-turn checker does (``multi_turn``)
+  ``retrieval``     ``prompt`` (or ``messages``) and ``answers`` (strings the reply must contain): RULER's
+                    string-match-all
 Files are jsonl or parquet; ``kind:path`` names one (``math:my.jsonl``). Built in, generated so that
 nothing is downloaded: ``arithmetic`` (math), ``extraction``, ``arithmetic_mc`` (multiple choice),
-``corpus`` (perplexity of the shipped text), ``tools`` (single-turn tool calls) and ``tools_multi``
-(three-turn conversations with a file system and a bank). The generated sets
+``corpus`` (perplexity of the shipped text), ``tools`` (single-turn tool calls), ``tools_multi``
+(three-turn conversations with a file system and a bank) and ``retrieval`` (long-context needles,
+multi-key lookups and variable tracking, ``retrieval@N`` for a context of about N tokens; 4096 by
+default; ``retrieval``). The generated sets
 use seed 2, the held-out seed of the training recipes (``scripts/report_*.py`` train on seed 1).
 """
 
@@ -26,9 +30,9 @@ from pathlib import Path
 
 KINDS = {"math": ("answer",), "extraction": ("record",), "multiple_choice": ("question", "choices", "label"),
          "perplexity": ("text",), "tool_call": ("tools", "ground_truth"),
-         "multi_turn": ("question", "initial_config", "ground_truth")}
+         "multi_turn": ("question", "initial_config", "ground_truth"), "retrieval": ("answers",)}
 PROMPT_FIELDS = {"math": ("problem", "messages"), "extraction": ("input", "messages"),
-                 "tool_call": ("question", "messages")}
+                 "tool_call": ("question", "messages"), "retrieval": ("prompt", "messages")}
 BUILTIN = {"arithmetic": "math", "extraction": "extraction", "arithmetic_mc": "multiple_choice",
            "corpus": "perplexity", "tools": "tool_call", "tools_multi": "multi_turn"}
 _WEATHER = {"type": "function", "function": {
@@ -182,14 +186,23 @@ def builtin(name: str, limit: int | None) -> list[dict]:
     return [{"text": p} for p in paragraphs[:n]]
 
 
-def load_task(spec: str, limit: int | None = None) -> Task:
-    """``spec``: a built-in name or ``kind:path``."""
+def load_task(spec: str, limit: int | None = None, count=None) -> Task:
+    """``spec``: a built-in name or ``kind:path``; ``count``: the model's token counter, for sets
+    generated at a length in tokens (``retrieval@N``)."""
+    if spec == "retrieval" or spec.startswith("retrieval@"):
+        from .retrieval import make_samples
+
+        length = spec.partition("@")[2] or "4096"
+        if not length.isdigit() or int(length) < 256:
+            raise ValueError(f"task {spec!r}: the length after '@' must be a number of tokens >= 256")
+        rows = make_samples(limit or 12, int(length), seed=2, count=count)
+        return Task(spec.replace("@", "_"), "retrieval", _check(rows, "retrieval", spec))
     if spec in BUILTIN:
         kind, rows, name = BUILTIN[spec], builtin(spec, limit), spec
     else:
         kind, sep, path = spec.partition(":")
         if not sep or kind not in KINDS:
-            raise ValueError(f"unknown task {spec!r}: give a built-in task ({', '.join(BUILTIN)}) or KIND:FILE "
+            raise ValueError(f"unknown task {spec!r}: give a built-in task ({', '.join(BUILTIN)}, retrieval@N) or KIND:FILE "
                              f"with KIND one of {', '.join(KINDS)}")
         rows, name = _rows(Path(path)), Path(path).stem
     rows = _check(rows[:limit] if limit else rows, kind, spec)
