@@ -51,6 +51,7 @@ def main() -> int:
     p.add_argument("--max-tokens-limit", type=int, default=256,
                    help="the server's cap on each completion (BFCL asks up to 4096)")
     p.add_argument("--threads", type=int, default=16, help="BFCL's concurrent requests")
+    p.add_argument("--fresh", action="store_true", help="regenerate every entry (default: a rerun resumes)")
     args = p.parse_args()
 
     work = Path(args.work)
@@ -82,7 +83,8 @@ def main() -> int:
         t0 = time.time()
         subprocess.run([args.bfcl, "generate", "--model", args.handler, "--run-ids", "--backend", "vllm",
                         "--skip-server-setup", "--local-model-path", str(model_dir), "--num-threads",
-                        str(args.threads), "--allow-overwrite"], env=env, check=True, cwd=work)
+                        str(args.threads), *(["--allow-overwrite"] if args.fresh else [])], env=env, check=True,
+                       cwd=work)
         generate_s = time.time() - t0
     finally:
         server.terminate()

@@ -183,3 +183,27 @@ def test_compare_finds_a_paired_difference(tmp_path):
     (row,) = compare(a, b)
     assert row["delta"] == pytest.approx(0.5) and row["p_value"] < 1e-6 and row["paired_samples"] == 100
     assert Task  # the task type is part of the public surface of qwen3lab.eval.tasks
+
+
+def test_retrieval_samples_hit_their_length_and_score_by_string_match():
+    from qwen3lab.eval.retrieval import score
+    from qwen3lab.eval.tasks import load_task
+    from qwen3lab.tokenizer import Tokenizer
+    from checkpoints import qwen_tokenizer_dir
+
+    tok = Tokenizer.from_dir(qwen_tokenizer_dir())
+    count = lambda text: len(tok.encode(text, add_special_tokens=False))  # noqa: E731
+    task = load_task("retrieval@2000", 6, count)
+    assert task.kind == "retrieval" and [r["variant"] for r in task.samples[:3]] == ["needle", "multikey", "vartrack"]
+    for row in task.samples:
+        n = count(row["messages"][0]["content"])
+        assert 1800 <= n <= 2000, n
+        text = row["messages"][0]["content"]
+        assert all(a in text for a in row["answers"])  # every answer is findable in the context
+    needle = task.samples[0]
+    assert score(f"It is {needle['answers'][0]}.", needle["answers"]) == 1.0
+    assert score("I do not know.", needle["answers"]) == 0.0
+    chain = task.samples[2]["answers"]
+    assert score(" ".join(chain[:2]).lower(), chain) == 0.5
+    with pytest.raises(ValueError, match="must be a number of tokens"):
+        load_task("retrieval@lots")

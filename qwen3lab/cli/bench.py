@@ -3,11 +3,13 @@
 `qwen3lab bench serve`: our HTTP server next to llama.cpp's under concurrent streaming clients.
 `qwen3lab bench sft`: LoRA SFT tokens/s and peak memory next to TRL's SFTTrainer (``cli/bench_sft.py``).
 `qwen3lab bench eval`: a generation task through `qwen3lab eval` and lm-eval's hf model (``cli/bench_eval.py``).
+`qwen3lab bench longctx`: long-prompt prefill, KV and decode vs transformers / llama.cpp (``cli/bench_longctx.py``).
 """
 
 from __future__ import annotations
 
 from .bench_eval import add_eval_parser
+from .bench_longctx import add_longctx_parser
 from .bench_sft import add_sft_parser
 from .common import HelpFormatter
 
@@ -22,6 +24,7 @@ examples:
   qwen3lab bench serve                            # our server vs llama_cpp.server, 1/4/16 clients
   qwen3lab bench sft                              # LoRA SFT tok/s and peak RSS vs TRL's SFTTrainer
   qwen3lab bench eval                             # a generation task: qwen3lab eval vs lm-eval's hf model
+  qwen3lab bench longctx                          # 4k-32k prompts: full / hybrid attention vs peers
 
 The checkpoint has random weights at the real shapes (speed does not depend on the values); it is
 built once (8 GB for Qwen3-4B) under $QWEN3LAB_CACHE/bench (default ~/.cache/qwen3lab/bench) together
@@ -63,6 +66,7 @@ def add_parser(sub) -> None:
     add_serve_parser(modes)
     add_sft_parser(modes)
     add_eval_parser(modes)
+    add_longctx_parser(modes)
 
 
 SERVE_EPILOG = """\
