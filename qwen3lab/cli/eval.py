@@ -21,14 +21,17 @@ examples:
 
 Tasks: the built-in arithmetic (math), extraction, arithmetic_mc (multiple choice), corpus
 (perplexity), tools (single-turn tool calls), tools_multi (multi-turn, against simulated file-system
-and bank APIs) and retrieval@N (RULER-like needles, multi-key lookups and variable tracking in about N
-tokens of filler, 4096 by default), or KIND:FILE with KIND math | extraction | multiple_choice | perplexity | tool_call |
-multi_turn | retrieval and FILE a jsonl or parquet file (math: problem or messages, answer; extraction: input or
-messages, record; multiple_choice: question, choices, label; perplexity: text; tool_call: question or
-messages, tools, ground_truth in BFCL's possible-answer form; multi_turn: question (one entry per user
-turn), initial_config ({"FileSystem": {...}, "Bank": {...}}), ground_truth (each turn's calls, as
-BFCL writes them: "cd(folder='docs')"); retrieval: prompt or messages, answers). Multi-turn samples are scored by the APIs' end state and the
-calls' results after every turn, as BFCL's multi-turn checker does. Each sample is written to
+and bank APIs) and retrieval@N (RULER-like needles, multi-key lookups and variable tracking in about
+N tokens of filler, 4096 by default), or KIND:FILE with KIND math | extraction | multiple_choice |
+perplexity | tool_call | multi_turn | retrieval and FILE a jsonl or parquet file with, per kind:
+  math: problem or messages, answer          extraction: input or messages, record
+  multiple_choice: question, choices, label  perplexity: text
+  tool_call: question or messages, tools, ground_truth (BFCL's possible-answer form)
+  multi_turn: question (one entry per user turn), initial_config ({"FileSystem": {...}, "Bank": {...}}),
+      ground_truth (each turn's calls as BFCL writes them, "cd(folder='docs')"); scored by the APIs'
+      end state and the calls' results after every turn, as BFCL's multi-turn checker does
+  retrieval: prompt or messages, answers (strings the reply must contain)
+Each sample is written to
 OUT/TASK/samples.jsonl as it finishes (a rerun with the same --out resumes); the summary prints a
 table and goes to OUT/summary.json. Without --temperature, sampling follows Qwen3's recommendations
 for the mode (thinking: T 0.6, top-p 0.95, top-k 20; non-thinking: T 0.7, top-p 0.8, top-k 20,
