@@ -100,8 +100,6 @@ def set_layout(llm, config: ModelConfig) -> None:
     if llm.engine.has_unfinished():
         raise RuntimeError("cannot change the attention layout while requests are running")
     llm.config = llm.model.config = llm.engine.runner.config = config
-    for i, layer in enumerate(llm.model.model.layers):
-        attn = layer.self_attn
-        attn.layer_type = config.layer_types[i]
-        attn.sliding_window = config.sliding_window if attn.layer_type == "sliding_attention" else 0
+    for layer in llm.model.model.layers:
+        layer.self_attn.set_layer_type(config)
     llm.engine.blocks.forget_cached()

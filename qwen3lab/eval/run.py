@@ -42,8 +42,9 @@ def _score_generated(kind: str, row: dict, outputs: list[str]) -> dict:
     if kind == "retrieval":
         from .retrieval import score
 
-        found = [score(answer_text(o), row["answers"]) for o in outputs]
-        return {"answers": [answer_text(o) for o in outputs], "scores": {"match": sum(found) / len(found)}}
+        replies = [answer_text(o) for o in outputs]
+        found = [score(r, row["answers"]) for r in replies]
+        return {"answers": replies, "scores": {"match": sum(found) / len(found)}}
     objs = [first_json_object(o) for o in outputs]
     per = [extraction_scores(o, row["record"]) for o in objs]
     return {"answers": objs, "scores": {m: sum(p[m] for p in per) / len(per) for m in per[0]}}

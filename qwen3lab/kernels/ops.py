@@ -99,13 +99,10 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor | None:
 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, gather: torch.Tensor,
-                           context_lens: torch.Tensor, scale: float, window: int = 0,
-                           key_starts: torch.Tensor | None = None, sinks: int = 0) -> torch.Tensor | None:
+                           context_lens: torch.Tensor, scale: float, key_starts: torch.Tensor,
+                           sinks: int = 0) -> torch.Tensor | None:
     """Attention of decode rows q [R, heads, d] read in place from one layer's paged cache; row r attends
-    the slots ``gather[r, key_starts[r]:context_lens[r]]`` and ``gather[r, :sinks]``. Without
-    ``key_starts``: the last ``window`` keys (0: all of them)."""
+    the slots ``gather[r, key_starts[r]:context_lens[r]]`` and ``gather[r, :sinks]``."""
     if not (q.dtype == k_cache.dtype == torch.bfloat16 and usable(q, q.shape[-1], max_rows=None)):
         return None
-    if key_starts is None:
-        key_starts = (context_lens - window).clamp(min=0) if window > 0 else torch.zeros_like(context_lens)
     return compiled().paged_decode_attention(q, k_cache, v_cache, gather, context_lens, key_starts, sinks, scale)

@@ -25,7 +25,7 @@ class Attention(nn.Module):
         hidden size, or 2 x hidden for an EAGLE3 draft layer that reads [embedding, hidden])."""
         super().__init__()
         self.layer_idx = layer_idx
-        self.layer_type = config.layer_types[layer_idx]
+        self.set_layer_type(config)
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
@@ -43,8 +43,12 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, plan.ops)
         else:
             self.q_norm = self.k_norm = None
-        self.sliding_window = config.sliding_window if self.layer_type == "sliding_attention" else 0
         self.ops, self.backend = plan.ops, plan.attention
+
+    def set_layer_type(self, config: ModelConfig) -> None:
+        """This layer's attention kind and window from ``config`` (at build, or a run-time layout change)."""
+        self.layer_type = config.layer_types[self.layer_idx]
+        self.sliding_window = config.sliding_window if self.layer_type == "sliding_attention" else 0
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata,
                 kv_cache=None) -> torch.Tensor:
