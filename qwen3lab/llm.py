@@ -64,7 +64,8 @@ class LLM:
                  enable_prefix_caching: bool = EngineConfig.enable_prefix_caching,
                  lora: str | Path | None = None, speculative: SpeculativeConfig | dict | None = None,
                  quantization: str | None = None, quantization_group_size: int | None = None,
-                 lora_adapters: dict[str, str | Path] | None = None, attention: dict | str | None = None):
+                 lora_adapters: dict[str, str | Path] | None = None, attention: dict | str | None = None,
+                 kv_cache_dtype: str = EngineConfig.kv_cache_dtype):
         """Engine settings (``max_num_seqs`` ... ``enable_prefix_caching``) default to ``EngineConfig``'s;
         ``speculative``: a ``SpeculativeConfig`` or its dict form, e.g. ``{"method": "ngram", "num_tokens": 4}``.
 
@@ -76,11 +77,14 @@ class LLM:
         (qwen3lab/lora/multi.py); requests without one run the base model.
 
         ``attention``: hybrid full / sliding-window attention at run time, e.g. ``{"sliding_window": 2048,
-        "full_layers": [...], "sink_tokens": 10, "full_attention_decode": False}`` (qwen3lab/hybrid_attention.py)."""
+        "full_layers": [...], "sink_tokens": 10, "full_attention_decode": False}`` (qwen3lab/hybrid_attention.py).
+
+        ``kv_cache_dtype``: "auto" (the KV cache in the model's dtype) or "int8" (per-token-head scales: half
+        the memory of bf16, read directly by the decode kernel)."""
         # Resolve every setting first, so that a bad one fails before any loading work.
         engine = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                               max_model_len=max_model_len, kv_cache_memory_gb=kv_cache_memory_gb,
-                              enable_prefix_caching=enable_prefix_caching)
+                              enable_prefix_caching=enable_prefix_caching, kv_cache_dtype=kv_cache_dtype)
         spec = SpeculativeConfig.of(speculative)
         from . import hybrid_attention
 

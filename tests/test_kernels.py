@@ -275,13 +275,25 @@ def test_bf16_model_with_kernels_matches_plain_pytorch(scratch, tokens):
     assert (out.argmax(-1) == ref.argmax(-1)).float().mean() > 0.8
 
 
+@pytest.mark.parametrize("cache_dtype", ["bf16", "int8"])
 @pytest.mark.parametrize("window,sinks", [(0, 0), (5, 0), (5, 3)])
 @pytest.mark.parametrize("heads,kv_heads,d", [(8, 2, 128), (4, 4, 128), (32, 8, 128), (10, 1, 64), (6, 2, 256)])
-def test_paged_decode_attention_matches_sdpa(window, sinks, heads, kv_heads, d):
+def test_paged_decode_attention_matches_sdpa(window, sinks, heads, kv_heads, d, cache_dtype):
+    """The kernel reads bf16 pools, or int8 pools with per-token-head scales, in place; the reference
+    attends the same keys dequantized."""
+    from qwen3lab.engine.kv_cache import KVLayer, quantize_int8
+
     torch.manual_seed(heads + window)
     slots_total, ctx = 200, [1, 9, 33, 17]
     S = max(ctx)
-    kc, vc = torch.randn(slots_total, kv_heads, d).bfloat16(), torch.randn(slots_total, kv_heads, d).bfloat16()
+    kc, vc = torch.randn(slots_total, kv_heads, d) * 3, torch.randn(slots_total, kv_heads, d)
+    if cache_dtype == "int8":
+        (ki, ks), (vi, vs) = quantize_int8(kc), quantize_int8(vc)
+        pools = KVLayer(ki, vi, ks, vs, torch.bfloat16)
+        kc, vc = ki.float() * ks.unsqueeze(-1), vi.float() * vs.unsqueeze(-1)
+    else:
+        kc, vc = kc.bfloat16(), vc.bfloat16()
+        pools = KVLayer(kc, vc)
     # Scattered slots per row, padded past each row's context with its last slot (as the metadata does).
     perm = torch.randperm(slots_total)
     slots = torch.stack([perm[i * S:(i + 1) * S].clone() for i in range(len(ctx))])
@@ -289,8 +301,8 @@ def test_paged_decode_attention_matches_sdpa(window, sinks, heads, kv_heads, d):
         slots[i, n:] = slots[i, n - 1]
     q = torch.randn(len(ctx), heads, d).bfloat16()
     ctx_t = torch.tensor(ctx)
-    out = ops.paged_decode_attention(q, kc, vc, slots, ctx_t, (ctx_t - window).clamp(min=0) if window else 0 * ctx_t,
-                                     sinks, d ** -0.5)
+    out = kernels.paged_decode_attention(q, pools, slots, ctx_t, d ** -0.5,
+                                         (ctx_t - window).clamp(min=0) if window else 0 * ctx_t, sinks)
     for i, n in enumerate(ctx):
         keys = torch.arange(n)
         keep = keys[(keys > n - 1 - window) | (keys < sinks)] if window else keys

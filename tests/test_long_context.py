@@ -11,7 +11,7 @@ import torch
 
 from checkpoints import save_reference
 from qwen3lab import LLM, SamplingParams, hybrid_attention
-from qwen3lab.engine.kv_cache import PagedKVCache
+from qwen3lab.engine.kv_cache import KVLayer, PagedKVCache
 from qwen3lab.model import AttentionMetadata
 from qwen3lab.model import prefill_attention
 from qwen3lab.model.prefill_attention import prefill_row
@@ -48,7 +48,7 @@ def test_prefill_pieces_equal_one_masked_pass(window, sinks, fragmented, monkeyp
     kc, vc = torch.randn(slots_total + 100, KV, d), torch.randn(slots_total + 100, KV, d)
     q = torch.randn(T, H, d)
     k, v = kc[slots], vc[slots]
-    out = prefill_row(q, k[ctx - T:], v[ctx - T:], kc, vc, slots, ctx, d ** -0.5, window, sinks)
+    out = prefill_row(q, k[ctx - T:], v[ctx - T:], KVLayer(kc, vc), slots, ctx, d ** -0.5, window, sinks)
     ref = _reference(q, k, v, ctx, window, sinks, d ** -0.5)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
 
@@ -210,8 +210,9 @@ def test_decode_kernel_rows_follow_the_hybrid_masks(fa_decode):
         pytest.skip("the CPU kernels need AVX-512 BF16")
     torch.manual_seed(3)
     H, KV, d, bs = 8, 2, 64, 4
-    cache = PagedKVCache.__new__(PagedKVCache)  # only its per-layer k / v pools are read
-    cache.k, cache.v = [torch.randn(256, KV, d).bfloat16()], [torch.randn(256, KV, d).bfloat16()]
+    cache = PagedKVCache(SimpleNamespace(num_key_value_heads=KV, head_dim=d, num_hidden_layers=1), 64, bs,
+                         torch.bfloat16)
+    cache.write(0, torch.arange(256), torch.randn(256, KV, d), torch.randn(256, KV, d))
     tables = [list(range(0, 20)), list(range(20, 40)), list(range(40, 60))]
     for T, ctx, prompt in ((1, [30, 51, 9], [29, 30, 5]), (3, [30, 51, 9], [30, 40, 8])):
         meta = AttentionMetadata.build([T] * 3, ctx, ("sliding_attention",), 12, tables, bs, sink_tokens=3,

@@ -42,6 +42,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                    help='hybrid full / sliding-window attention, e.g. \'{"sliding_window": 2048, "full_layers": '
                         '[1, 5, 9], "sink_tokens": 10, "full_attention_decode": false}\', or a JSON file such as '
                         "`qwen3lab select-layers` writes (default: the checkpoint's own layer types)")
+    g.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "int8"),
+                   help="KV-cache storage: auto (the model's dtype, the default) or int8 with a scale per token "
+                        "and head (half the memory of bf16)")
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, max_tokens: int, with_n: bool = True) -> None:
@@ -101,7 +104,8 @@ def model_kwargs(args: argparse.Namespace) -> dict:
     if args.model is None:
         print(DEFAULT_NOTE, file=sys.stderr)
     return dict(model=args.model, dtype=args.dtype, device=args.device, quantization=args.quantization,
-                quantization_group_size=args.group_size, lora=args.lora, attention=attention)
+                quantization_group_size=args.group_size, lora=args.lora, attention=attention,
+                kv_cache_dtype=getattr(args, "kv_cache_dtype", "auto"))
 
 
 def load_llm(args: argparse.Namespace):

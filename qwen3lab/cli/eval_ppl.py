@@ -17,10 +17,14 @@ examples:
   qwen3lab eval-ppl --quantization int4 --group-size 32
   qwen3lab eval-ppl --model Qwen/Qwen3-4B --quantization int8 --json
   qwen3lab eval-ppl --model ./Qwen3-4B-int4           # a folder written by `qwen3lab quantize`
+  qwen3lab eval-ppl --chunk 16 --kv-cache-dtype int8  # the cost of an int8 KV cache (compare --chunk 16
+                                                      #   with the default --kv-cache-dtype auto)
 
 The corpus is qwen3lab/data/ppl_corpus.txt (~4.3k words: prose, facts, code, dialogue). Each window of
 --window tokens scores the tokens the previous window did not, so each token has at least
---window minus --stride tokens of context.
+--window minus --stride tokens of context. --chunk N feeds each window N tokens at a time through
+the engine's paged KV cache, so that every key is read back from the cache (as in decoding); with
+--kv-cache-dtype int8 it defaults to 16, since a one-pass window never reads the cache.
 """
 
 
@@ -34,6 +38,9 @@ def add_parser(sub) -> None:
     e.add_argument("--window", type=int, default=512, metavar="N", help="tokens per window (default: 512)")
     e.add_argument("--stride", type=int, default=256, metavar="N", help="new tokens per window (default: 256)")
     e.add_argument("--max-tokens", type=int, default=None, metavar="N", help="score only the first N tokens")
+    e.add_argument("--chunk", type=int, default=None, metavar="N",
+                   help="feed each window N tokens at a time through the KV cache (default: one pass; 16 "
+                        "with --kv-cache-dtype int8)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run)
 
@@ -46,12 +53,17 @@ def run(args: argparse.Namespace) -> int:
 
     kwargs = model_kwargs(args)
     text = corpus_text(args.text)  # fail on a bad path before loading
+    chunk = args.chunk
+    if chunk is None and kwargs["kv_cache_dtype"] != "auto":
+        chunk = 16
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"--chunk must be >= 1, got {chunk}")
     llm = LLM(**kwargs, kv_cache_memory_gb=0.05)
-    res = perplexity(llm, text, args.window, args.stride, args.max_tokens)
+    res = perplexity(llm, text, args.window, args.stride, args.max_tokens, chunk)
     q = getattr(llm.model, "quantization", None)
     facts = {"model": str(llm.model_path), "dtype": str(llm.dtype).removeprefix("torch."),
              "quantization": q["mode"] if q else None, "group_size": q["group_size"] if q else None,
-             **asdict(res)}
+             "kv_cache_dtype": kwargs["kv_cache_dtype"], "chunk": chunk, **asdict(res)}
     if args.json:
         print(json.dumps(facts))
     else:
@@ -59,5 +71,6 @@ def run(args: argparse.Namespace) -> int:
         if facts["group_size"]:
             mode += f" (group size {facts['group_size']})"
         print(f"perplexity {res.perplexity:.4f}  (nll {res.nll:.4f} over {res.tokens} tokens, {res.windows} "
-              f"windows; {facts['dtype']}, quantization {mode})")
+              f"windows; {facts['dtype']}, quantization {mode}, KV cache {facts['kv_cache_dtype']}"
+              + (f", chunks of {chunk}" if chunk else "") + ")")
     return 0

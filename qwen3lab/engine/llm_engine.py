@@ -40,12 +40,12 @@ class LLMEngine:
         self.max_model_len = config.context_len(cfg.max_position_embeddings)
         bs = config.block_size
         num_blocks = pool_num_blocks(cfg, bs, dtype, config.kv_cache_memory_gb, config.max_num_seqs,
-                                     self.max_model_len)
+                                     self.max_model_len, config.kv_cache_dtype)
         if num_blocks * bs < self.max_model_len:
             log.warning("KV cache of %.1f GiB holds %d tokens: max_model_len lowered from %d",
                         config.kv_cache_memory_gb, num_blocks * bs, self.max_model_len)
             self.max_model_len = num_blocks * bs
-        self.cache = PagedKVCache(cfg, num_blocks, bs, dtype, device)
+        self.cache = PagedKVCache(cfg, num_blocks, bs, dtype, device, config.kv_cache_dtype)
         self.blocks = BlockManager(num_blocks, bs, config.enable_prefix_caching)
         self.blocks.on_discard = self.cache.discard  # finished sequences' KV memory goes back to the OS
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)

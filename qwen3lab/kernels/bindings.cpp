@@ -23,8 +23,8 @@ at::Tensor rms_norm_bf16(const at::Tensor& x, const at::Tensor& w, double eps);
 at::Tensor norm_rope_bf16(const at::Tensor& x, const c10::optional<at::Tensor>& w, const at::Tensor& cos,
                           const at::Tensor& sin, double eps);
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                  const at::Tensor& slots, const at::Tensor& ctx, const at::Tensor& start_pos,
-                                  int64_t sinks, double scale);
+                                  const at::Tensor& k_scale, const at::Tensor& v_scale, const at::Tensor& slots,
+                                  const at::Tensor& ctx, const at::Tensor& start_pos, int64_t sinks, double scale);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gemv_bf16", &gemv_bf16, "y = x @ w.T for few rows (bf16)");
@@ -46,6 +46,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("amx_group_vectors", &amx_group_vectors, "scales or zeros [G, N] -> bf16 [N / 16, G, 16]");
   m.def("silu_mul_bf16", &silu_mul_bf16, "silu(gate) * up from gate_up [N, 2I] (bf16, reference roundings)");
   m.def("rms_norm_bf16", &rms_norm_bf16, "RMSNorm over the last dim, reference roundings (bf16)");
-  m.def("paged_decode_attention", &paged_decode_attention, "one-token-per-sequence attention over the paged cache");
+  m.def("paged_decode_attention", &paged_decode_attention, "one-token-per-sequence attention over the paged cache (bf16, or int8 with scales)");
   m.def("norm_rope_bf16", &norm_rope_bf16, "per-head RMSNorm (optional) then rotary embedding (bf16)");
 }

@@ -98,11 +98,16 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, gather: torch.Tensor,
-                           context_lens: torch.Tensor, scale: float, key_starts: torch.Tensor,
-                           sinks: int = 0) -> torch.Tensor | None:
-    """Attention of decode rows q [R, heads, d] read in place from one layer's paged cache; row r attends
-    the slots ``gather[r, key_starts[r]:context_lens[r]]`` and ``gather[r, :sinks]``."""
-    if not (q.dtype == k_cache.dtype == torch.bfloat16 and usable(q, q.shape[-1], max_rows=None)):
+def paged_decode_attention(q: torch.Tensor, cache, gather: torch.Tensor, context_lens: torch.Tensor, scale: float,
+                           key_starts: torch.Tensor, sinks: int = 0) -> torch.Tensor | None:
+    """Attention of decode rows q [R, heads, d] read in place from one layer's paged cache (a ``KVLayer``:
+    bf16 pools, or int8 pools with per-token-head scales); row r attends the slots
+    ``gather[r, key_starts[r]:context_lens[r]]`` and ``gather[r, :sinks]``."""
+    int8 = cache.k_scale is not None
+    if not (q.dtype == torch.bfloat16 and (int8 or cache.k.dtype == torch.bfloat16)
+            and usable(q, q.shape[-1], max_rows=None)):
         return None
-    return compiled().paged_decode_attention(q, k_cache, v_cache, gather, context_lens, key_starts, sinks, scale)
+    none = torch.empty(0)
+    return compiled().paged_decode_attention(q, cache.k, cache.v, cache.k_scale if int8 else none,
+                                             cache.v_scale if int8 else none, gather, context_lens, key_starts,
+                                             sinks, scale)

@@ -64,12 +64,12 @@ class SdpaAttention:
     @staticmethod
     def prefill(layer, qg, k, v, g, kv_cache) -> torch.Tensor:
         """Prefill chunks, one row at a time, keys read from the cache in place."""
-        k_cache, v_cache = kv_cache.k[layer.layer_idx], kv_cache.v[layer.layer_idx]
+        pools = kv_cache.layer(layer.layer_idx)
         T = qg.shape[1]
         rows = []
         for r in range(qg.shape[0]):
             start = int(g.token_index[r, 0])
-            rows.append(prefill_row(qg[r], k[start: start + T], v[start: start + T], k_cache, v_cache, g.gather[r],
+            rows.append(prefill_row(qg[r], k[start: start + T], v[start: start + T], pools, g.gather[r],
                                     int(g.context_lens[r]), layer.scaling, layer.sliding_window, g.sinks))
         return torch.stack(rows)
 
@@ -83,8 +83,8 @@ class CpuDecodeAttention(SdpaAttention):
             per_token = not (T == 1 and not g.tree)
             gather, ctx = g.per_token() if per_token else (g.gather, g.context_lens)
             o = kernels.paged_decode_attention(qg.reshape(G * T, layer.num_heads, layer.head_dim),
-                                               kv_cache.k[layer.layer_idx], kv_cache.v[layer.layer_idx], gather, ctx,
-                                               layer.scaling, g.key_starts(layer.layer_type, per_token), g.sinks)
+                                               kv_cache.layer(layer.layer_idx), gather, ctx, layer.scaling,
+                                               g.key_starts(layer.layer_type, per_token), g.sinks)
             if o is not None:
                 return o.view(G, T, layer.num_heads, layer.head_dim)
         return super().group(layer, qg, k, v, g, kv_cache)

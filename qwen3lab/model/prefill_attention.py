@@ -10,7 +10,7 @@ returning its log-sum-exp, and the pieces are merged exactly:
   o = sum_i o_i * exp(lse_i - lse),   lse = log sum_i exp(lse_i)
 
 Pieces are runs of consecutive cache slots, read as views of the cache tensor (blocks allocated to
-one sequence are mostly consecutive); runs shorter than ``MIN_RUN`` slots are gathered together
+one sequence are mostly consecutive; an int8 cache dequantizes each piece as it is read); runs shorter than ``MIN_RUN`` slots are gathered together
 into one small buffer. Windows are applied per piece: the earlier keys split into kept-first
 tokens (sinks), a band that only some of the chunk's queries see (masked, at most T keys wide) and
 a span every query sees (unmasked), so no mask is ever wider than the chunk.
@@ -57,7 +57,7 @@ class _Merged:
         self.lse = m + total.log()
 
 
-def _runs(k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor, first: int):
+def _runs(cache, slots: torch.Tensor, first: int):
     """Pieces of the keys at positions first .. first+len(slots)-1: (k, v, positions) per run of
     consecutive slots of at least MIN_RUN, then the shorter runs together as one gathered piece."""
     n = slots.numel()
@@ -68,20 +68,20 @@ def _runs(k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor, fir
     for a, b in zip([0, *cuts], [*cuts, n]):
         if b - a >= MIN_RUN:
             s0 = int(slots[a])
-            yield k_cache[s0: s0 + b - a], v_cache[s0: s0 + b - a], torch.arange(first + a, first + b)
+            yield *cache.span(s0, s0 + b - a), torch.arange(first + a, first + b)
         else:
             short.append(torch.arange(a, b))
     if short:
         idx = torch.cat(short)
         flat = slots[idx]
-        yield k_cache.index_select(0, flat), v_cache.index_select(0, flat), idx + first
+        yield *cache.select(flat), idx + first
 
 
-def prefill_row(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor, slots: torch.Tensor, context_len: int, scale: float, window: int = 0,
-                sinks: int = 0) -> torch.Tensor:
+def prefill_row(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, cache, slots: torch.Tensor,
+                context_len: int, scale: float, window: int = 0, sinks: int = 0) -> torch.Tensor:
     """One row's chunk: q [T, H, d] at positions context_len-T .. context_len-1; k_new, v_new [T, KV, d]
-    its own keys; ``slots`` the flat cache slots of its keys by position (at least context_len - T);
+    its own keys; ``cache`` the layer's pools (``KVLayer``: ``span`` / ``select`` read keys and values);
+    ``slots`` the flat cache slots of its keys by position (at least context_len - T);
     ``window`` 0 for full attention. Returns [T, H, d] in q's dtype."""
     T = q.shape[0]
     p0 = context_len - T
@@ -103,7 +103,7 @@ def prefill_row(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, k_cac
         for a, b, banded in spans:
             if b <= a:
                 continue
-            for k, v, pos in _runs(k_cache, v_cache, slots[a:b], a):
+            for k, v, pos in _runs(cache, slots[a:b], a):
                 visible = ((pos.unsqueeze(0) > qpos - window) | (pos.unsqueeze(0) < sinks)) if banded else None
                 out.add(*_flash(qh, k, v, scale, visible=visible))
     return out.o.transpose(0, 1).to(q.dtype)
