@@ -38,6 +38,9 @@ class RopeConfig:
     # llama3
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
+    # Scaling only for sequences longer than original_max_position_embeddings; shorter ones keep the
+    # unscaled rotary embedding (qwen3lab/rope_scaling.py). False: static scaling, as transformers.
+    long_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,8 @@ def _parse_rope(cfg: dict, source: str) -> RopeConfig:
     if orig is None and rope_type in ("yarn", "llama3"):
         orig = cfg.get("max_position_embeddings")
     keys = {k: merged[k] for k in ("beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim",
-                                   "truncate", "low_freq_factor", "high_freq_factor") if merged.get(k) is not None}
+                                   "truncate", "low_freq_factor", "high_freq_factor", "long_only")
+            if merged.get(k) is not None}
     return RopeConfig(theta=float(theta), rope_type=rope_type, factor=float(merged["factor"]),
                       original_max_position_embeddings=orig, **keys)
 

@@ -65,7 +65,7 @@ class LLM:
                  lora: str | Path | None = None, speculative: SpeculativeConfig | dict | None = None,
                  quantization: str | None = None, quantization_group_size: int | None = None,
                  lora_adapters: dict[str, str | Path] | None = None, attention: dict | str | None = None,
-                 kv_cache_dtype: str = EngineConfig.kv_cache_dtype):
+                 kv_cache_dtype: str = EngineConfig.kv_cache_dtype, rope_scaling: dict | str | None = None):
         """Engine settings (``max_num_seqs`` ... ``enable_prefix_caching``) default to ``EngineConfig``'s;
         ``speculative``: a ``SpeculativeConfig`` or its dict form, e.g. ``{"method": "ngram", "num_tokens": 4}``.
 
@@ -80,7 +80,11 @@ class LLM:
         "full_layers": [...], "sink_tokens": 10, "full_attention_decode": False}`` (qwen3lab/hybrid_attention.py).
 
         ``kv_cache_dtype``: "auto" (the KV cache in the model's dtype) or "int8" (per-token-head scales: half
-        the memory of bf16, read directly by the decode kernel)."""
+        the memory of bf16, read directly by the decode kernel).
+
+        ``rope_scaling``: rotary scaling as config.json spells it, e.g. Qwen3's 131k context ``{"rope_type":
+        "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}``; add ``"long_only": True`` to
+        scale only sequences past the original window (qwen3lab/rope_scaling.py)."""
         # Resolve every setting first, so that a bad one fails before any loading work.
         engine = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                               max_model_len=max_model_len, kv_cache_memory_gb=kv_cache_memory_gb,
@@ -89,6 +93,9 @@ class LLM:
         from . import hybrid_attention
 
         attention = hybrid_attention.parse(attention)
+        from . import rope_scaling as scaling
+
+        rope_scaling = scaling.parse(rope_scaling)
         if isinstance(dtype, str) and dtype != "auto":
             resolve_dtype(dtype)
         if quantization is not None:
@@ -106,7 +113,7 @@ class LLM:
         self.dtype = resolve_dtype(dtype, _checkpoint_dtype(model) if dtype == "auto" else None)
         # Load: the layouts are chosen as the model is built (packed, quantized, on the CPU kernels).
         ckpt = load_checkpoint(model, self.dtype, self.device, quantization, quantization_group_size, cpu_kernels=True,
-                               attention=attention, max_len=max_model_len)
+                               attention=attention, max_len=max_model_len, rope_scaling=rope_scaling)
         self.model, self.config, self.tokenizer = ckpt.model, ckpt.config, ckpt.tokenizer
         self.generation_defaults, self.model_path = ckpt.generation, ckpt.path
         if lora is not None:  # a PEFT-format adapter folder, applied as a module swap
@@ -228,9 +235,12 @@ class LLM:
 
         n, cfg = len(token_ids), self.config
         ids = torch.tensor(list(token_ids), device=self.device)
+        window = self.engine.long_window
+        long = window is not None and n > window  # long-only rotary scaling: as the engine would run it
         if chunk is None:
             meta = AttentionMetadata.build([n], [n], cfg.layer_types, cfg.sliding_window, device=self.device,
                                            sink_tokens=cfg.sink_tokens)
+            meta.long_rope = long
             return self.model.compute_logits(self.model(ids, meta)).cpu()
         from .engine.block_manager import BlockManager
         from .engine.sequence import Sequence
@@ -248,5 +258,6 @@ class LLM:
                 meta = AttentionMetadata.build([m], [start + m], cfg.layer_types, cfg.sliding_window,
                                                [seq.block_table], cache.block_size, device=self.device,
                                                sink_tokens=cfg.sink_tokens)
+                meta.long_rope = long
                 out.append(self.model.compute_logits(self.model(ids[start:start + m], meta, cache)).cpu())
         return torch.cat(out)

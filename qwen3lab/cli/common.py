@@ -42,6 +42,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                    help='hybrid full / sliding-window attention, e.g. \'{"sliding_window": 2048, "full_layers": '
                         '[1, 5, 9], "sink_tokens": 10, "full_attention_decode": false}\', or a JSON file such as '
                         "`qwen3lab select-layers` writes (default: the checkpoint's own layer types)")
+    g.add_argument("--rope-scaling", default=None, metavar="JSON",
+                   help='rotary scaling as config.json spells it, e.g. Qwen3\'s 131k context \'{"rope_type": "yarn", '
+                        '"factor": 4.0, "original_max_position_embeddings": 32768}\'; add "long_only": true to scale '
+                        "only sequences longer than the original window (default: the checkpoint's own)")
     g.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "int8"),
                    help="KV-cache storage: auto (the model's dtype, the default) or int8 with a scale per token "
                         "and head (half the memory of bf16)")
@@ -101,11 +105,14 @@ def model_kwargs(args: argparse.Namespace) -> dict:
     from ..hybrid_attention import parse
 
     attention = parse(getattr(args, "attention", None))
+    from ..rope_scaling import parse as parse_rope
+
+    rope_scaling = parse_rope(getattr(args, "rope_scaling", None))
     if args.model is None:
         print(DEFAULT_NOTE, file=sys.stderr)
     return dict(model=args.model, dtype=args.dtype, device=args.device, quantization=args.quantization,
                 quantization_group_size=args.group_size, lora=args.lora, attention=attention,
-                kv_cache_dtype=getattr(args, "kv_cache_dtype", "auto"))
+                kv_cache_dtype=getattr(args, "kv_cache_dtype", "auto"), rope_scaling=rope_scaling)
 
 
 def load_llm(args: argparse.Namespace):

@@ -56,6 +56,9 @@ class LLMEngine:
         if tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
         self.eos_token_ids = eos
+        from ..rope_scaling import long_window
+
+        self.long_window = long_window(cfg)  # long-only rotary scaling: sequences past it run scaled
         self.requests: dict[str, list[Sequence]] = {}
         self._prompts: dict[str, str | None] = {}
         self._ids = itertools.count()
@@ -89,6 +92,8 @@ class LLMEngine:
                                     else int(torch.randint(0, 2**62, (1,)).item()))
             s.detok = IncrementalDetokenizer(self.tokenizer, skip_special_tokens=params.skip_special_tokens)
             s.constraint = constraint_factory() if constraint_factory is not None else None
+            if self.long_window is not None and n > self.long_window:
+                self._scale(s)
             seqs.append(s)
             self.scheduler.add(s)
         self.requests[request_id] = seqs
@@ -126,6 +131,8 @@ class LLMEngine:
         """Draft, schedule, run the model, then update every row that reached its end."""
         if self.drafter is not None:
             self._draft()
+        if self.long_window is not None:
+            self._scale_crossing()
         batch = self.scheduler.schedule()
         if batch is None:
             if self.scheduler.has_unfinished():
@@ -136,6 +143,19 @@ class LLMEngine:
             self.drafter.observe(batch.seqs, batch.num_new_tokens, out.hidden_starts, out.hidden)
         self.scheduler.step_done(batch)
         return self._update(batch, out)
+
+    def _scale(self, s: Sequence) -> None:
+        """Mark a sequence long (scaled rotary embedding); its cached blocks are keyed apart."""
+        s.long_rope = True
+        s.cache_salt = (s.cache_salt or b"") + b"|rope:long"
+
+    def _scale_crossing(self) -> None:
+        """Sequences about to feed a position past the original window restart scaled: recomputing keeps
+        every key of a sequence under one rotary embedding."""
+        for s in list(self.scheduler.running):
+            if not s.long_rope and s.num_tokens + len(s.draft.tokens) > self.long_window:
+                self._scale(s)
+                self.scheduler.preempt(s)
 
     def _draft(self) -> None:
         seqs, budgets = draft_budgets(self.scheduler.running, self.drafter.num_tokens, self.max_model_len)

@@ -58,6 +58,9 @@ class ModelRunner:
             block_tables=[s.block_table for s in batch.seqs], block_size=self.cache.block_size, device=self.device,
             trees=trees if any(t is not None for t in trees) else None, sink_tokens=self.config.sink_tokens,
             prompt_lens=[s.num_prompt_tokens for s in batch.seqs] if self.config.full_attention_decode else None)
+        if self.config.rope.long_only and any(s.long_rope for s in batch.seqs):
+            meta.long_rope = torch.tensor([s.long_rope for s, n in zip(batch.seqs, batch.num_new_tokens)
+                                           for _ in range(n)], device=self.device)
         return torch.tensor(ids, device=self.device), meta
 
     @torch.inference_mode()

@@ -42,7 +42,8 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def _preempt(self, seq: Sequence) -> None:
+    def preempt(self, seq: Sequence) -> None:
+        """Free a running sequence's blocks; it is recomputed from its tokens when next admitted."""
         self.running.remove(seq)
         self.blocks.release(seq)
         seq.num_computed, seq.status = 0, Status.WAITING
@@ -64,7 +65,7 @@ class Scheduler:
             n = 1 + len(seq.draft.tokens)
             while not self.blocks.allocate(seq, seq.num_computed + n):
                 victim = self.running[-1]
-                self._preempt(victim)
+                self.preempt(victim)
                 if victim is seq:
                     break
             if seq in self.running:

@@ -85,6 +85,8 @@ class Sequence:
     # prefix-cache keys, so that blocks computed under one adapter are never reused under another.
     lora_slot: int = 0
     cache_salt: bytes | None = None
+    # Long-only rotary scaling (qwen3lab/rope_scaling.py): whether this sequence runs scaled.
+    long_rope: bool = False
 
     @property
     def all_token_ids(self) -> list[int]:

@@ -120,6 +120,8 @@ class AttentionMetadata:
     context_lens: list[int]
     slot_mapping: torch.Tensor | None = None  # [N]
     groups: list[RowGroup] = field(default_factory=list)
+    # Long-only rotary scaling: per token, whether its sequence is scaled (or one bool for all; None: no)
+    long_rope: torch.Tensor | bool | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -81,7 +81,7 @@ class CausalLM(nn.Module):
         ``output_hidden_layers``: also return the outputs of these layers (for draft heads and probes).
         """
         x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rotary_emb(meta.positions, x.dtype)
+        cos, sin = self.rotary_emb(meta.positions, x.dtype, meta.long_rope)
         captured = []
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, meta, kv_cache)

@@ -75,17 +75,35 @@ def rope_inv_freq(rope: RopeConfig, dim: int) -> tuple[torch.Tensor, float]:
 
 
 class RotaryEmbedding(nn.Module):
-    """Computes cos/sin for arbitrary position tensors (any shape) in float32, then casts."""
+    """Computes cos/sin for arbitrary position tensors (any shape) in float32, then casts.
+
+    With ``rope.long_only`` it also keeps the unscaled frequencies: tokens of sequences marked long get
+    the scaled embedding, the others the plain one (``forward``'s ``long``)."""
 
     def __init__(self, rope: RopeConfig, head_dim: int):
         super().__init__()
         inv_freq, self.attention_scaling = rope_inv_freq(rope, head_dim)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        short = _default_inv_freq(rope.theta, head_dim) if rope.long_only and rope.rope_type != "default" else None
+        self.register_buffer("short_inv_freq", short, persistent=False)
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.to(torch.float32).unsqueeze(-1) * self.inv_freq
+    def _table(self, positions, inv_freq, scaling, dtype):
+        freqs = positions.to(torch.float32).unsqueeze(-1) * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
-        return (emb.cos() * self.attention_scaling).to(dtype), (emb.sin() * self.attention_scaling).to(dtype)
+        return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype,
+                long: torch.Tensor | bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``long``: with long-only scaling, which tokens (a bool per position, or one for all) belong to
+        sequences scaled past the original window; None counts as not long."""
+        if self.short_inv_freq is None or long is True:
+            return self._table(positions, self.inv_freq, self.attention_scaling, dtype)
+        short = self._table(positions, self.short_inv_freq, 1.0, dtype)
+        if long is None or long is False or not bool(long.any()):
+            return short
+        scaled = self._table(positions, self.inv_freq, self.attention_scaling, dtype)
+        pick = long.unsqueeze(-1)
+        return torch.where(pick, scaled[0], short[0]), torch.where(pick, scaled[1], short[1])
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -157,16 +157,17 @@ def _trim_cpu_memory(model: CausalLM) -> None:
 def load_checkpoint(model: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
                     quantization: str | None = None, group_size: int | None = None,
                     cpu_kernels: bool = False, attention: dict | None = None,
-                    max_len: int | None = None) -> Checkpoint:
+                    max_len: int | None = None, rope_scaling: dict | None = None) -> Checkpoint:
     """Load a checkpoint (folder, GGUF file or hub id). ``quantization`` ("int8" / "int4", with int4's
     ``group_size``) quantizes a float checkpoint as it loads; ``cpu_kernels`` picks the fastest layouts and
     kernels this machine runs (what inference wants) instead of PyTorch's own ops (the reference).
-    ``attention``: run-time hybrid attention (``qwen3lab.hybrid_attention``), checked against ``max_len``."""
-    from .. import hybrid_attention
+    ``attention``: run-time hybrid attention (``qwen3lab.hybrid_attention``), checked against ``max_len``;
+    ``rope_scaling``: run-time rotary scaling such as YaRN (``qwen3lab.rope_scaling``)."""
+    from .. import hybrid_attention, rope_scaling as scaling
 
     path = resolve_model_path(model)
     opts = {"mode": quantization, "group_size": group_size, "cpu_kernels": cpu_kernels}
-    layers = lambda config: hybrid_attention.apply(config, attention, max_len)  # noqa: E731
+    layers = lambda config: hybrid_attention.apply(scaling.apply(config, rope_scaling), attention, max_len)  # noqa: E731
     if path.is_file():
         return _load_gguf(path, dtype, device, opts, layers)
     from ..tokenizer import Tokenizer
