@@ -95,11 +95,12 @@ def describe(config: ModelConfig) -> str:
 
 def set_layout(llm, config: ModelConfig) -> None:
     """Switch a loaded ``LLM`` to ``config``'s layer types, window and sinks in place (what layer
-    selection does between its runs); cached prefixes are forgotten, since every later layer's keys
-    depend on the earlier layers' attention."""
+    selection does between its runs). The KV pools are built anew for the new layer types (the sliding
+    layers' own pool follows them), so cached prefixes go too: every later layer's keys depend on the
+    earlier layers' attention."""
     if llm.engine.has_unfinished():
         raise RuntimeError("cannot change the attention layout while requests are running")
     llm.config = llm.model.config = llm.engine.runner.config = config
     for layer in llm.model.model.layers:
         layer.self_attn.set_layer_type(config)
-    llm.engine.blocks.forget_cached()
+    llm.engine.build_cache(config)

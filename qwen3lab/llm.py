@@ -242,22 +242,25 @@ class LLM:
                                            sink_tokens=cfg.sink_tokens)
             meta.long_rope = long
             return self.model.compute_logits(self.model(ids, meta)).cpu()
-        from .engine.block_manager import BlockManager
+        from .engine.scheduler import ScheduledBatch
         from .engine.sequence import Sequence
 
         if self.engine.has_unfinished():
             raise RuntimeError("LLM.logits(chunk=...) uses the engine's KV cache; wait for running requests")
-        cache = self.engine.cache
-        blocks = BlockManager(cache.num_blocks, cache.block_size, enable_prefix_caching=False)
+        cache, runner = self.engine.cache, self.engine.runner
+        blocks = self.engine.new_blocks()
         seq = Sequence("logits", 0, list(token_ids), SamplingParams(max_tokens=1), n + 1)
-        blocks.allocate(seq, n)
         out = []
         with torch.inference_mode():
             for start in range(0, n, chunk):
                 m = min(chunk, n - start)
-                meta = AttentionMetadata.build([m], [start + m], cfg.layer_types, cfg.sliding_window,
-                                               [seq.block_table], cache.block_size, device=self.device,
-                                               sink_tokens=cfg.sink_tokens)
+                if not blocks.allocate(seq, start + m):
+                    raise RuntimeError(f"LLM.logits: {n} tokens do not fit the KV cache; raise kv_cache_memory_gb")
+                _, meta = runner.prepare(ScheduledBatch([seq], [m]))
                 meta.long_rope = long
                 out.append(self.model.compute_logits(self.model(ids[start:start + m], meta, cache)).cpu())
+                seq.num_computed = start + m
+                blocks.trim(seq)  # sliding layers' blocks past their window go back, as in the engine
+        # The blocks were written outside the engine's block manager: what its prefix cache held is gone.
+        self.engine.blocks.forget_cached()
         return torch.cat(out)

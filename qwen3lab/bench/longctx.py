@@ -32,14 +32,13 @@ def _ours(path: str, length: int, decode: int, chunk: int, attention: dict | Non
               kv_cache_memory_gb=1.0 + length * 128 * 1024 / 2**30, attention=attention, enable_prefix_caching=False)
     llm.generate([prompt_ids(64, 0)], SamplingParams(max_tokens=2, ignore_eos=True))  # warm-up
     engine = llm.engine
-    per_block = engine.cache.nbytes / engine.cache.num_blocks
     rid = engine.add_request(prompt_ids(length, 1), SamplingParams(max_tokens=decode, temperature=0.0,
                                                                    ignore_eos=True))
     t0 = time.perf_counter()
     first, kv_bytes = None, 0.0
     while not engine.is_finished(rid):
         deltas = engine.step()
-        kv_bytes = max(kv_bytes, (engine.blocks.num_blocks - engine.blocks.num_free) * per_block)
+        kv_bytes = max(kv_bytes, engine.kv_bytes_in_use())
         if first is None and any(d.token_ids for d in deltas):
             first = time.perf_counter()
     end = time.perf_counter()

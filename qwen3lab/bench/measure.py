@@ -128,21 +128,18 @@ def _batch_decode(llm, batch: int, tokens: int) -> float:
 @torch.inference_mode()
 def _verify_cost(llm, max_k: int, repeats: int = 3) -> dict[int, float]:
     """Time of one target forward over k+1 tokens at a decode position, relative to one token."""
-    from qwen3lab.engine.block_manager import BlockManager
     from qwen3lab.engine.sequence import Sequence
-    from qwen3lab.model import AttentionMetadata
     from qwen3lab.sampling import SamplingParams
 
-    cfg, cache = llm.config, llm.engine.cache
+    cache, runner = llm.engine.cache, llm.engine.runner
     seq = Sequence("verify", 0, prompt_ids(256, 3), SamplingParams(max_tokens=64), 64)
-    blocks = BlockManager(cache.num_blocks, cache.block_size, enable_prefix_caching=False)
+    blocks = llm.engine.new_blocks()
     blocks.allocate(seq, 256 + max_k + 1)
-    meta = AttentionMetadata.build([256], [256], cfg.layer_types, cfg.sliding_window, [seq.block_table],
-                                   cache.block_size)
+    meta = runner.metadata([256], [256], [seq])
     llm.model(torch.tensor(seq.prompt_token_ids), meta, cache)
+    llm.engine.blocks.forget_cached()  # written outside the engine's block manager
     times = {k: float("inf") for k in range(max_k + 1)}
-    metas = {k: AttentionMetadata.build([k + 1], [256 + k + 1], cfg.layer_types, cfg.sliding_window,
-                                        [seq.block_table], cache.block_size) for k in times}
+    metas = {k: runner.metadata([k + 1], [256 + k + 1], [seq]) for k in times}
     # Repeats outermost: the host's speed drifts within minutes, so every k samples the same moments.
     for _ in range(repeats):
         for k in times:

@@ -24,14 +24,24 @@ def block_key(parent: bytes | None, tokens: list[int]) -> bytes:
     return h.digest()
 
 
+NULL_BLOCK = 0  # with reserve_null: a block never handed out, standing for blocks a table no longer holds
+
+
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 table: str = "block_table", hashes: str = "block_hashes", reserve_null: bool = False):
+        """``table`` / ``hashes``: the sequence attributes holding this pool's block table and block keys
+        (a second pool, as the sliding layers' in ``hybrid_blocks.py``, keeps its own); ``reserve_null``:
+        block 0 is never allocated, so tables can hold it for blocks they gave back."""
         self.num_blocks, self.block_size = num_blocks, block_size
         self.enable_prefix_caching = enable_prefix_caching
+        self.table, self.hashes = table, hashes
         self.ref = [0] * num_blocks
         self.key: list[bytes | None] = [None] * num_blocks
         self.cached: dict[bytes, int] = {}
-        self.free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
+        first = 1 if reserve_null else 0
+        self.free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(first, num_blocks))
+        self.capacity = num_blocks - first
         self.hit_tokens = 0  # prefix-cache statistics, for metrics
         self.queried_tokens = 0
         self.on_discard = None  # called with freed blocks whose contents nothing can reuse
@@ -42,10 +52,17 @@ class BlockManager:
 
     @property
     def usage(self) -> float:
-        return 1.0 - len(self.free) / self.num_blocks
+        return 1.0 - len(self.free) / self.capacity
 
     def blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
-        return max(0, -(-num_tokens // self.block_size) - len(seq.block_table))
+        return max(0, -(-num_tokens // self.block_size) - len(getattr(seq, self.table)))
+
+    def room(self, seq: Sequence) -> int:
+        """Positions past the computed ones that the sequence's blocks and the free ones can hold."""
+        return (len(getattr(seq, self.table)) + len(self.free)) * self.block_size - seq.num_computed
+
+    def trim(self, seq: Sequence) -> None:
+        """Give back blocks no later query reads (every block is read by full attention)."""
 
     def _take(self, block: int) -> None:
         if self.ref[block] == 0:
@@ -75,7 +92,8 @@ class BlockManager:
             self.hit_tokens += len(hits) * bs
         for b in hits:
             self._take(b)
-        seq.block_table, seq.block_hashes = hits, keys
+        setattr(seq, self.table, hits)
+        setattr(seq, self.hashes, keys)
         return len(hits) * self.block_size
 
     def allocate(self, seq: Sequence, num_tokens: int) -> bool:
@@ -83,6 +101,7 @@ class BlockManager:
         need = self.blocks_needed(seq, num_tokens)
         if need > len(self.free):
             return False
+        table = getattr(seq, self.table)
         for _ in range(need):
             block, _ = self.free.popitem(last=False)  # least recently freed first
             if self.key[block] is not None:  # evict its prefix-cache entry
@@ -90,7 +109,7 @@ class BlockManager:
                     del self.cached[self.key[block]]
                 self.key[block] = None
             self.ref[block] = 1
-            seq.block_table.append(block)
+            table.append(block)
         return True
 
     def register(self, seq: Sequence) -> None:
@@ -98,12 +117,15 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         bs, tokens = self.block_size, seq.all_token_ids
+        hashes, table = getattr(seq, self.hashes), getattr(seq, self.table)
         # Draft tokens may be computed past the known tokens; only known tokens are keyed.
-        while len(seq.block_hashes) < min(seq.num_computed, len(tokens)) // bs:
-            i = len(seq.block_hashes)
-            key = block_key(seq.block_hashes[-1] if seq.block_hashes else seq.cache_salt, tokens[i * bs: (i + 1) * bs])
-            seq.block_hashes.append(key)
-            block = seq.block_table[i]
+        while len(hashes) < min(seq.num_computed, len(tokens)) // bs:
+            i = len(hashes)
+            key = block_key(hashes[-1] if hashes else seq.cache_salt, tokens[i * bs: (i + 1) * bs])
+            hashes.append(key)
+            block = table[i]
+            if block == NULL_BLOCK and self.capacity < self.num_blocks:
+                continue
             if key not in self.cached:
                 self.cached[key] = block
                 self.key[block] = key
@@ -113,15 +135,24 @@ class BlockManager:
         self.cached.clear()
         self.key = [None] * self.num_blocks
 
-    def release(self, seq: Sequence) -> None:
-        # Tail blocks are freed first so they are evicted before the shared prefix blocks.
+    def give_back(self, blocks) -> None:
+        """Drop one reference to each block; unreferenced ones become free (evictable if keyed), and
+        those holding nothing reusable go to ``on_discard``."""
         garbage = []
-        for block in reversed(seq.block_table):
+        reserved = self.capacity < self.num_blocks
+        for block in blocks:
+            if reserved and block == NULL_BLOCK:
+                continue
             self.ref[block] -= 1
             if self.ref[block] == 0:
                 self.free[block] = None
                 if self.key[block] is None:
                     garbage.append(block)
-        seq.block_table, seq.block_hashes = [], []
         if garbage and self.on_discard is not None:
             self.on_discard(garbage)
+
+    def release(self, seq: Sequence) -> None:
+        # Tail blocks are freed first so they are evicted before the shared prefix blocks.
+        self.give_back(reversed(getattr(seq, self.table)))
+        setattr(seq, self.table, [])
+        setattr(seq, self.hashes, [])

@@ -101,21 +101,40 @@ def _zeroed(shape: tuple, dtype: torch.dtype, device: torch.device):
 
 class PagedKVCache:
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
-                 device: torch.device | str = "cpu", kv_cache_dtype: str = "auto"):
+                 device: torch.device | str = "cpu", kv_cache_dtype: str = "auto", sliding_blocks: int | None = None):
         """``dtype``: the model's compute dtype (what reads return); ``kv_cache_dtype``: "auto" (store in
-        ``dtype``) or "int8"."""
+        ``dtype``) or "int8"; ``sliding_blocks``: give the sliding-window layers a pool of their own of
+        this many blocks (``hybrid_blocks.py``), the full layers keeping ``num_blocks``."""
         self.num_blocks, self.block_size, self.dtype = num_blocks, block_size, dtype
         self.kv_cache_dtype = check_kv_cache_dtype(kv_cache_dtype)
+        self.sliding_blocks = sliding_blocks
         quantized = kv_cache_dtype == "int8"
-        shape = (num_blocks * block_size, config.num_key_value_heads, config.head_dim)
+        kinds = config.layer_types if sliding_blocks else ("full_attention",) * config.num_hidden_layers
+        self.group = [int(t == "sliding_attention") for t in kinds]  # per layer: 0 full pool, 1 sliding pool
         device = torch.device(device)
-        # Zeros, not garbage: a gather may touch never-written slots (masked, but 0 * NaN would be NaN).
-        pool, self._mapping = _zeroed((2, config.num_hidden_layers, *shape), torch.int8 if quantized else dtype, device)
-        self.k, self.v = list(pool[0]), list(pool[1])
-        self.k_scale = self.v_scale = None
-        if quantized:
-            scales, self._scale_mapping = _zeroed((2, config.num_hidden_layers, *shape[:2]), torch.float32, device)
-            self.k_scale, self.v_scale = list(scales[0]), list(scales[1])
+        self.k: list[torch.Tensor] = [None] * config.num_hidden_layers
+        self.v: list[torch.Tensor] = [None] * config.num_hidden_layers
+        self.k_scale = [None] * config.num_hidden_layers if quantized else None
+        self.v_scale = [None] * config.num_hidden_layers if quantized else None
+        self._mappings: list = []  # per group: the anonymous mapping of its keys/values (CPU), for discard
+        self._planes: list[int] = []
+        for group, blocks in enumerate((num_blocks, sliding_blocks)):
+            layers = [i for i, g in enumerate(self.group) if g == group]
+            if not layers:
+                self._mappings.append(None)
+                self._planes.append(0)
+                continue
+            shape = (blocks * block_size, config.num_key_value_heads, config.head_dim)
+            # Zeros, not garbage: a gather may touch never-written slots (masked, but 0 * NaN would be NaN).
+            pool, mapping = _zeroed((2, len(layers), *shape), torch.int8 if quantized else dtype, device)
+            self._mappings.append(mapping)
+            self._planes.append(pool[0, 0].numel() * pool.element_size())
+            if quantized:
+                scales, _ = _zeroed((2, len(layers), *shape[:2]), torch.float32, device)
+            for j, layer in enumerate(layers):
+                self.k[layer], self.v[layer] = pool[0, j], pool[1, j]
+                if quantized:
+                    self.k_scale[layer], self.v_scale[layer] = scales[0, j], scales[1, j]
 
     @property
     def quantized(self) -> bool:
@@ -124,6 +143,12 @@ class PagedKVCache:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v + (self.k_scale or []) + (self.v_scale or []))
+
+    def block_bytes(self, group: int = 0) -> int:
+        """Bytes of one block of a pool, over the layers it holds (scales included)."""
+        blocks = self.sliding_blocks if group else self.num_blocks
+        return sum(t.numel() * t.element_size() for pools in (self.k, self.v, self.k_scale or [], self.v_scale or [])
+                   for layer, t in enumerate(pools) if self.group[layer] == group) // blocks
 
     def layer(self, layer: int) -> KVLayer:
         if self.k_scale is None:
@@ -144,31 +169,35 @@ class PagedKVCache:
         self.k[layer].index_copy_(0, slots, k.to(self.dtype))
         self.v[layer].index_copy_(0, slots, v.to(self.dtype))
 
-    def discard(self, blocks: list[int]) -> None:
-        """Give the memory of freed blocks back to the OS; their slots read as zeros again. Only whole
-        pages inside runs of consecutive blocks go (a 16-token block of Qwen3-4B is 32 KB per layer)."""
-        if self._mapping is None or not blocks:
+    def discard(self, blocks: list[int], group: int = 0) -> None:
+        """Give the memory of freed blocks of one pool (0 full layers', 1 sliding layers') back to the OS;
+        their slots read as zeros again. Only whole pages inside runs of consecutive blocks go (a 16-token
+        block of Qwen3-4B is 32 KB per layer)."""
+        mapping = self._mappings[group]
+        if mapping is None or not blocks:
             return
-        plane = self.k[0].numel() * self.k[0].element_size()  # one layer's keys (or values)
-        per_block, page = plane // self.num_blocks, mmap.PAGESIZE
+        plane, page = self._planes[group], mmap.PAGESIZE  # one layer's keys (or values)
+        per_block = plane // (self.sliding_blocks if group else self.num_blocks)
         blocks = sorted(blocks)
         runs, start = [], blocks[0]
         for a, b in zip(blocks, blocks[1:] + [None]):
             if b != a + 1:
                 runs.append((start, a + 1))
                 start = b
-        for p in range(2 * len(self.k)):
+        for p in range(2 * self.group.count(group)):
             for b0, b1 in runs:
                 lo = -(-(p * plane + b0 * per_block) // page) * page
                 hi = (p * plane + b1 * per_block) // page * page
                 if hi > lo:
-                    self._mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+                    mapping.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
-    def move(self, src: torch.Tensor, dst: torch.Tensor) -> None:
-        """Copy every layer's keys/values from flat slots ``src`` to ``dst`` (an accepted tree path
-        into consecutive slots)."""
-        for pool in self.k + self.v + (self.k_scale or []) + (self.v_scale or []):
-            pool.index_copy_(0, dst, pool.index_select(0, src))
+    def move(self, src: torch.Tensor, dst: torch.Tensor, group: int = 0) -> None:
+        """Copy one pool's keys/values, every layer, from flat slots ``src`` to ``dst`` (an accepted tree
+        path into consecutive slots)."""
+        for pools in (self.k, self.v, self.k_scale or [], self.v_scale or []):
+            for layer, pool in enumerate(pools):
+                if self.group[layer] == group:
+                    pool.index_copy_(0, dst, pool.index_select(0, src))
 
     def gather(self, layer: int, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """index: [G, S] slots -> keys, values [G, S, kvh, d] in the compute dtype."""

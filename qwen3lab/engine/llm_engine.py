@@ -20,7 +20,8 @@ from ..speculative.drafter import Drafter
 from ..tokenizer.incremental import IncrementalDetokenizer
 from .block_manager import BlockManager
 from .config import EngineConfig
-from .kv_cache import PagedKVCache, pool_num_blocks
+from .hybrid_blocks import HybridBlockManager
+from .kv_cache import PagedKVCache, bytes_per_block, pool_num_blocks
 from .model_runner import ModelRunner, StepOutput
 from .output_processor import append_token
 from .outputs import CompletionOutput, RequestOutput, StreamDelta
@@ -38,17 +39,8 @@ class LLMEngine:
         self.tokenizer, self.generation, self.config = tokenizer, generation, config
         cfg = model.config
         self.max_model_len = config.context_len(cfg.max_position_embeddings)
-        bs = config.block_size
-        num_blocks = pool_num_blocks(cfg, bs, dtype, config.kv_cache_memory_gb, config.max_num_seqs,
-                                     self.max_model_len, config.kv_cache_dtype)
-        if num_blocks * bs < self.max_model_len:
-            log.warning("KV cache of %.1f GiB holds %d tokens: max_model_len lowered from %d",
-                        config.kv_cache_memory_gb, num_blocks * bs, self.max_model_len)
-            self.max_model_len = num_blocks * bs
-        self.cache = PagedKVCache(cfg, num_blocks, bs, dtype, device, config.kv_cache_dtype)
-        self.blocks = BlockManager(num_blocks, bs, config.enable_prefix_caching)
-        self.blocks.on_discard = self.cache.discard  # finished sequences' KV memory goes back to the OS
-        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        self.dtype, self.device = dtype, device
+        self.build_cache(cfg)
         self.runner = ModelRunner(model, self.cache, device)
         self.drafter = drafter
         self.spec_stats = {"steps": 0, "drafted": 0, "accepted": 0}  # totals, for metrics
@@ -62,6 +54,64 @@ class LLMEngine:
         self.requests: dict[str, list[Sequence]] = {}
         self._prompts: dict[str, str | None] = {}
         self._ids = itertools.count()
+
+    def build_cache(self, cfg) -> None:
+        """The KV pools, block manager and scheduler for ``cfg``'s layer types (again after a layout
+        change). Sliding layers get a pool of their own, sized for every sequence's window, when that
+        saves memory (``hybrid_blocks.py``); the full layers' pool takes the rest of the budget."""
+        config, bs = self.config, self.config.block_size
+        sliding = cfg.layer_types.count("sliding_attention")
+        window = cfg.sliding_window or 0
+        # Blocks one sequence's sliding layers hold at most: sinks, the window, one step's tokens.
+        per_seq = -(-(cfg.sink_tokens + window + config.max_num_batched_tokens) // bs) + 2
+        split = (0 < sliding < cfg.num_hidden_layers and window and not cfg.full_attention_decode
+                 and per_seq * bs < self.max_model_len)
+        sliding_blocks = None
+        budget = config.kv_cache_memory_gb
+        if split:
+            per_layer = bytes_per_block(cfg, bs, self.dtype, config.kv_cache_dtype) / cfg.num_hidden_layers
+            # At most half the budget: more concurrent windows than that wait for blocks (or preempt).
+            sliding_blocks = 1 + min(config.max_num_seqs * per_seq,
+                                     max(per_seq, int(budget * 2**30 / 2 // (per_layer * sliding))))
+            budget -= sliding_blocks * per_layer * sliding / 2**30
+            full_layers = cfg.num_hidden_layers - sliding
+            budget_blocks = int(budget * 2**30 // (per_layer * full_layers))
+            num_blocks = max(1, min(budget_blocks, -(-config.max_num_seqs * self.max_model_len // bs)))
+        else:
+            num_blocks = pool_num_blocks(cfg, bs, self.dtype, budget, config.max_num_seqs, self.max_model_len,
+                                         config.kv_cache_dtype)
+        if num_blocks * bs < self.max_model_len:
+            log.warning("KV cache of %.1f GiB holds %d tokens: max_model_len lowered from %d",
+                        config.kv_cache_memory_gb, num_blocks * bs, self.max_model_len)
+            self.max_model_len = num_blocks * bs
+        self.cache = PagedKVCache(cfg, num_blocks, bs, self.dtype, self.device, config.kv_cache_dtype, sliding_blocks)
+        if split:
+            self.blocks = HybridBlockManager(num_blocks, sliding_blocks, bs, window, cfg.sink_tokens,
+                                             config.enable_prefix_caching)
+            # Blocks nothing can reuse go back to the OS: finished sequences', and sliding ones out of window.
+            self.blocks.set_discard(self.cache.discard, lambda b: self.cache.discard(b, 1))
+        else:
+            self.blocks = BlockManager(num_blocks, bs, config.enable_prefix_caching)
+            self.blocks.on_discard = self.cache.discard  # finished sequences' KV memory goes back to the OS
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        if hasattr(self, "runner"):
+            self.runner.cache = self.cache
+
+    def kv_bytes_in_use(self) -> int:
+        """Bytes of the KV blocks sequences (or the prefix cache) hold now, over both pools."""
+        b, cache = self.blocks, self.cache
+        if isinstance(b, HybridBlockManager):
+            return ((b.full.capacity - b.full.num_free) * cache.block_bytes(0)
+                    + (b.sliding.capacity - b.sliding.num_free) * cache.block_bytes(1))
+        return (b.capacity - b.num_free) * cache.block_bytes(0)
+
+    def new_blocks(self):
+        """A block manager of this engine's kind over its pools, without prefix caching, for scoring
+        outside the scheduler (``LLM.logits``, benchmarks); the engine must be idle."""
+        b = self.blocks
+        if isinstance(b, HybridBlockManager):
+            return HybridBlockManager(b.full.num_blocks, b.sliding.num_blocks, b.block_size, b.window, b.sinks, False)
+        return BlockManager(b.num_blocks, b.block_size, enable_prefix_caching=False)
 
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id: str | None = None,
                     prompt: str | None = None, constraint_factory=None, adapter: str | None = None) -> str:

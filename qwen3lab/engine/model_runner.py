@@ -52,16 +52,32 @@ class ModelRunner:
             ids.extend(s.feed_token_ids[s.num_computed: s.num_computed + n])
         # Draft trees sit after the sequence's real tokens (the first of their parents is the last real token).
         trees = [TokenTree(s.num_tokens, s.draft.tree) if s.draft.tree is not None else None for s in batch.seqs]
-        meta = AttentionMetadata.build(
-            batch.num_new_tokens, [s.num_computed + n for s, n in zip(batch.seqs, batch.num_new_tokens)],
-            self.config.layer_types, self.config.sliding_window,
-            block_tables=[s.block_table for s in batch.seqs], block_size=self.cache.block_size, device=self.device,
-            trees=trees if any(t is not None for t in trees) else None, sink_tokens=self.config.sink_tokens,
-            prompt_lens=[s.num_prompt_tokens for s in batch.seqs] if self.config.full_attention_decode else None)
+        prompt_lens = [s.num_prompt_tokens for s in batch.seqs] if self.config.full_attention_decode else None
+        trees = trees if any(t is not None for t in trees) else None
+        ctx = [s.num_computed + n for s, n in zip(batch.seqs, batch.num_new_tokens)]
+        meta = self.metadata(batch.num_new_tokens, ctx, batch.seqs, trees, prompt_lens)
         if self.config.rope.long_only and any(s.long_rope for s in batch.seqs):
             meta.long_rope = torch.tensor([s.long_rope for s, n in zip(batch.seqs, batch.num_new_tokens)
                                            for _ in range(n)], device=self.device)
         return torch.tensor(ids, device=self.device), meta
+
+    def metadata(self, new_lens: list[int], context_lens: list[int], seqs, trees=None, prompt_lens=None
+                 ) -> AttentionMetadata:
+        """Attention metadata over the sequences' block tables; with a pool of the sliding layers' own,
+        a twin over their sliding tables (each built with its layers' masks only)."""
+        cfg, bs = self.config, self.cache.block_size
+        split = self.cache.sliding_blocks is not None
+
+        def build(types, tables):
+            return AttentionMetadata.build(new_lens, context_lens, types, cfg.sliding_window, block_tables=tables,
+                                           block_size=bs, device=self.device, trees=trees,
+                                           sink_tokens=cfg.sink_tokens, prompt_lens=prompt_lens)
+
+        if not split:
+            return build(cfg.layer_types, [s.block_table for s in seqs])
+        meta = build(("full_attention",), [s.block_table for s in seqs])
+        meta.sliding = build(("sliding_attention",), [s.sliding_table for s in seqs])
+        return meta
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch, capture_layers: tuple[int, ...] = ()) -> StepOutput:

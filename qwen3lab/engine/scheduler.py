@@ -105,8 +105,7 @@ class Scheduler:
         n = min(seq.num_tokens - seq.num_computed, budget)
         while n > 0 and not self.blocks.allocate(seq, seq.num_computed + n):
             # Shrink to what the free blocks can hold (whole blocks beyond those already owned).
-            room = (len(seq.block_table) + self.blocks.num_free) * self.blocks.block_size - seq.num_computed
-            n = min(n - 1, room)
+            n = min(n - 1, self.blocks.room(seq))
         return max(n, 0)
 
     def step_done(self, batch: ScheduledBatch) -> None:
@@ -114,6 +113,7 @@ class Scheduler:
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed += n
             self.blocks.register(seq)
+            self.blocks.trim(seq)
 
     def release(self, seq: Sequence) -> None:
         """Drop a finished or aborted sequence and free its blocks at once."""

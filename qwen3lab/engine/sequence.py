@@ -65,6 +65,11 @@ class Sequence:
     prompt_logprobs: list[dict[int, float] | None] = field(default_factory=lambda: [None])
     status: Status = Status.WAITING
     block_table: list[int] = field(default_factory=list)  # KV-cache blocks, in position order
+    # The sliding-window layers' own blocks when they have a pool of their own (engine/hybrid_blocks.py):
+    # the null block where a block left the window.
+    sliding_table: list[int] = field(default_factory=list)
+    sliding_hashes: list[bytes] = field(default_factory=list)
+    sliding_trimmed: int = 0  # blocks before this index are given back (or sinks)
     block_hashes: list[bytes] = field(default_factory=list)  # prefix-cache keys of the full blocks
     num_computed: int = 0
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache at admission

@@ -56,5 +56,7 @@ def move_path(cache: PagedKVCache, seq: Sequence, prefix: int, path: list[int] |
     moved = [(prefix + j, prefix + i) for i, j in enumerate(path or []) if i != j]
     if moved:
         device = cache.k[0].device
-        src, dst = (flat_index(seq.block_table, torch.tensor(x), cache.block_size).to(device) for x in zip(*moved))
-        cache.move(src, dst)
+        tables = [seq.block_table] + ([seq.sliding_table] if cache.sliding_blocks is not None else [])
+        for group, table in enumerate(tables):
+            src, dst = (flat_index(table, torch.tensor(x), cache.block_size).to(device) for x in zip(*moved))
+            cache.move(src, dst, group)

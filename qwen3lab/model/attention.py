@@ -59,6 +59,7 @@ class Attention(nn.Module):
         k = k.reshape(N, self.num_kv_heads, self.head_dim)
         v = v.reshape(N, self.num_kv_heads, self.head_dim)
         q, k = self.ops.norm_rope(q, self.q_norm, cos, sin), self.ops.norm_rope(k, self.k_norm, cos, sin)
+        meta = meta.for_layer(self.layer_type)
         if kv_cache is not None:
             kv_cache.write(self.layer_idx, meta.slot_mapping, k, v)
         return self.o_proj(self.backend.forward(self, q, k, v, meta, kv_cache))

@@ -122,6 +122,12 @@ class AttentionMetadata:
     groups: list[RowGroup] = field(default_factory=list)
     # Long-only rotary scaling: per token, whether its sequence is scaled (or one bool for all; None: no)
     long_rope: torch.Tensor | bool | None = None
+    # Sliding layers with a pool of their own (engine/hybrid_blocks.py): the same rows over their block
+    # tables (slot mapping, gathers), which those layers read instead.
+    sliding: "AttentionMetadata | None" = None
+
+    def for_layer(self, layer_type: str) -> "AttentionMetadata":
+        return self.sliding if self.sliding is not None and layer_type == "sliding_attention" else self
 
     @property
     def num_tokens(self) -> int:
