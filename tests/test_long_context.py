@@ -35,8 +35,10 @@ def _reference(q, k, v, ctx, window, sinks, scale):
 
 @pytest.mark.parametrize("window,sinks", [(0, 0), (40, 0), (40, 4), (7, 3), (300, 10)])
 @pytest.mark.parametrize("fragmented", [False, True])
-def test_prefill_pieces_equal_one_masked_pass(window, sinks, fragmented, monkeypatch):
+@pytest.mark.parametrize("sub", [16, 256])
+def test_prefill_pieces_equal_one_masked_pass(window, sinks, fragmented, sub, monkeypatch):
     monkeypatch.setattr(prefill_attention, "MIN_RUN", 16)
+    monkeypatch.setattr(prefill_attention, "SUB", sub)  # 16: sliding chunks in pieces of 16 queries
     torch.manual_seed(window + sinks)
     H, KV, d, T, ctx = 8, 2, 64, 48, 230
     slots_total = 400

@@ -13,7 +13,8 @@ Pieces are runs of consecutive cache slots, read as views of the cache tensor (b
 one sequence are mostly consecutive; an int8 cache dequantizes each piece as it is read); runs shorter than ``MIN_RUN`` slots are gathered together
 into one small buffer. Windows are applied per piece: the earlier keys split into kept-first
 tokens (sinks), a band that only some of the chunk's queries see (masked, at most T keys wide) and
-a span every query sees (unmasked), so no mask is ever wider than the chunk.
+a span every query sees (unmasked), so no mask is ever wider than the chunk; a sliding layer's chunk
+goes in pieces of ``SUB`` queries, so its masks stay that narrow.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import torch
 
 MIN_RUN = 64
+SUB = 256  # queries per piece of a sliding layer's chunk
 
 
 def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool = False,
@@ -84,6 +86,13 @@ def prefill_row(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor, cache
     ``slots`` the flat cache slots of its keys by position (at least context_len - T);
     ``window`` 0 for full attention. Returns [T, H, d] in q's dtype."""
     T = q.shape[0]
+    if window and T > SUB:
+        # The band of keys that only some queries see is as wide as the chunk, and a masked flash call is
+        # the kernel's slow path: in pieces of SUB queries the band is SUB wide and the rest unmasked. A
+        # piece's earlier keys of its own chunk are read from the cache, where the layer wrote them.
+        return torch.cat([prefill_row(q[a:a + SUB], k_new[a:a + SUB], v_new[a:a + SUB], cache, slots,
+                                      context_len - T + min(a + SUB, T), scale, window, sinks)
+                          for a in range(0, T, SUB)])
     p0 = context_len - T
     qh = q.transpose(0, 1)
     qpos = torch.arange(p0, context_len).unsqueeze(1)
