@@ -19,7 +19,7 @@ import urllib.request
 import openai
 import pytest
 from serve_fixtures import (  # noqa: F401 - fixtures are found by name
-    KEY, NO_THINK, TIME, WEATHER, ServerThread, chat, client, folder, needs_structured, raw, reference, server,
+    KEY, NO_THINK, TIME, WEATHER, ServerThread, chat, client, folder, needs_structured, raw, reference, server, wait_idle,
 )
 
 from qwen3lab import LLM, SamplingParams
@@ -270,6 +270,30 @@ def test_bad_input_never_takes_the_server_down(server):
     status, out = raw(server, "GET", "/nowhere")
     assert status == 404 and json.loads(out)["error"]["type"] == "not_found_error"
     assert raw(server, "GET", "/health") == (200, b"ok")
+
+
+def test_n_is_bounded_and_lone_surrogates_are_400(client, server):
+    """A request may start at most --max-n sequences (n times its prompts); text holding a lone UTF-16
+    surrogate (valid JSON, not Unicode) is refused naming the field; the server keeps serving."""
+    with pytest.raises(openai.BadRequestError, match="n=20000 is more than this server's limit of 16") as e:
+        chat(client, n=20000, max_tokens=1)
+    assert e.value.body["param"] == "n"
+    with pytest.raises(openai.BadRequestError, match=r"n=6 for each of 3 prompts \(18 sequences\)"):
+        client.completions.create(model="tiny", prompt=["a", "b", "c"], n=6, max_tokens=1)
+    assert len(chat(client, n=16, max_tokens=1, extra_body=NO_THINK).choices) == 16
+    for body in (b'{"model": "tiny", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+                 b'{"model": "tiny", "prompt": ["ok", "\\udc00"], "max_tokens": 1}'):
+        path = "/v1/chat/completions" if b"messages" in body else "/v1/completions"
+        status, out = raw(server, "POST", path, body)
+        error = json.loads(out)["error"]
+        assert status == 400 and "lone UTF-16 surrogate" in error["message"], out
+        assert error["param"] in ("messages.0.content", "prompt.1")
+    # A surrogate pair written as escapes is one valid character.
+    status, out = raw(server, "POST", "/v1/completions", b'{"model": "tiny", "prompt": "\\ud83d\\ude00", "max_tokens": 1}')
+    assert status == 200, out
+    status, out = raw(server, "POST", "/v1/completions", b'{"model": "tiny", "prompt": "\xff\xfe", "max_tokens": 1}')
+    assert status == 400, out
+    assert wait_idle(server.engine)
 
 
 def test_overloaded_server_answers_503(folder):

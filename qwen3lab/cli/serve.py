@@ -54,6 +54,9 @@ def add_parser(sub) -> None:
                    help="largest request body accepted (default: %(default)s)")
     g.add_argument("--max-waiting", type=int, default=256, metavar="N",
                    help="waiting sequences before new requests get 503 (default: %(default)s)")
+    g.add_argument("--max-n", type=int, default=16, metavar="N",
+                   help="sequences one request may start: n, times the prompts of a /v1/completions batch "
+                        "(default: %(default)s)")
     g.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     e = p.add_argument_group("engine")
     e.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs, metavar="N",
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from ..serve import ServerConfig, build_app
     from ..speculative.config import SpeculativeConfig
 
-    for name in ("port", "max_num_seqs", "max_waiting"):
+    for name in ("port", "max_num_seqs", "max_waiting", "max_n"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     adapters = _lora_modules(args.lora_modules)
@@ -128,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
               kv_cache_memory_gb=args.kv_cache_memory_gb, speculative=speculative)
     names = served_names(args.served_model_name, args.model, llm.model_path)
     config = ServerConfig(served_model_names=names, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
-                          max_body_bytes=int(args.max_body_mb * 2**20), max_waiting=args.max_waiting)
+                          max_body_bytes=int(args.max_body_mb * 2**20), max_waiting=args.max_waiting,
+                          max_n=args.max_n)
     served = ", ".join([names[0], *(adapters or {})])
     print(f"qwen3lab: serving {served} on http://{args.host}:{args.port}/ (chat page at /)", file=sys.stderr)
     uvicorn.run(build_app(llm, config), host=args.host, port=args.port, log_level=args.log_level)

@@ -1,4 +1,5 @@
-"""The FastAPI application: routes, API-key check, body-size limit, errors in the OpenAI shape.
+"""The FastAPI application: routes, API-key check, body-size limit, text that is not Unicode, errors
+in the OpenAI shape.
 
 Owns: wiring (``build_app``), the lifespan that starts and stops the engine driver, and the rule
 that every failure, including validation errors and unknown paths, answers
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -28,6 +30,26 @@ async def _send_error(send, error: APIError) -> None:
     await send({"type": "http.response.start", "status": error.status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _lone_surrogate(value, path: str = "") -> str | None:
+    """The path of the first string holding a lone UTF-16 surrogate (JSON lets "\\ud800" through;
+    no tokenizer can encode it), or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "body"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _lone_surrogate(item, f"{path}.{key}" if path else str(key))
+        if found:
+            return found
+    return None
 
 
 class GateMiddleware:
@@ -68,7 +90,16 @@ class GateMiddleware:
                     return await _send_error(send, too_big)
                 if not message.get("more_body"):
                     break
-        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}] if chunks else []
+        body = b"".join(chunks)
+        if _SURROGATE_ESCAPE.search(body):  # rare: only then is the body parsed twice
+            try:
+                where = _lone_surrogate(json.loads(body))
+            except ValueError:
+                where = None  # not JSON: the route says so
+            if where:
+                return await _send_error(send, APIError(400, f"{where}: the text holds a lone UTF-16 surrogate, which "
+                                                             "is not Unicode; send valid UTF-8 text", where))
+        replay = [{"type": "http.request", "body": body, "more_body": False}] if chunks else []
 
         async def replayed_receive():
             return replay.pop() if replay else await receive()

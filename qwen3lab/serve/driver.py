@@ -138,7 +138,7 @@ class EngineDriver:
         def add() -> None:  # runs on the engine thread
             try:
                 waiting = self.engine.stats().num_waiting
-                if waiting >= self.max_waiting:
+                if waiting + params.n > self.max_waiting:  # every sample is a sequence that waits
                     raise APIError(503, f"the server is overloaded: {waiting} sequences are waiting; retry later",
                                    code="overloaded")
                 factory = self._guard(request_id, constraint_factory) if constraint_factory else None

@@ -18,6 +18,7 @@ class ServerConfig:
     max_tokens_limit: int | None = None  # None: up to the context window
     max_body_bytes: int = 8 * 2**20
     max_waiting: int = 256  # sequences in the waiting queue before new requests get 503
+    max_n: int = 16  # sequences one request may start (n, times the prompts of a completions batch)
 
 
 class ServerState:
@@ -44,6 +45,13 @@ class ServerState:
         raise APIError(404, f"The model `{name}` does not exist. This server serves "
                             f"{', '.join([*self.config.served_model_names, *self.adapters])}.", "model",
                        "model_not_found")
+
+    def check_sequences(self, n: int, prompts: int = 1) -> None:
+        """400 when one request would start more than ``--max-n`` sequences (its n times its prompts)."""
+        if n * prompts > self.config.max_n:
+            what = f"n={n}" if prompts == 1 else f"n={n} for each of {prompts} prompts ({n * prompts} sequences)"
+            raise APIError(400, f"{what} is more than this server's limit of {self.config.max_n} sequences per "
+                                "request (--max-n)", "n", "invalid_value")
 
     def adapter(self, model: str) -> str | None:
         """The LoRA adapter a (checked) model name selects, or None for the base model."""

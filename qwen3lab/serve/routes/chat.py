@@ -23,6 +23,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     state = get_state(request)
     model = state.check_model(body.model)
     params = body.to_sampling_params(state.config.max_tokens_limit)
+    state.check_sequences(params.n)
     prompt = await asyncio.to_thread(build_chat_prompt, body, state.llm)
     handle = await state.driver.submit(prompt.token_ids, params, prompt.text, prompt.constraint_factory,
                                        prefix="chatcmpl", adapter=state.adapter(model))

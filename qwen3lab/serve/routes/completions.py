@@ -40,6 +40,13 @@ def _prompts(prompt, tokenizer) -> list[tuple[list[int], str | None]]:
     return out
 
 
+def _count(prompt) -> int:
+    """Prompts in a completions ``prompt`` field: a string or token list is one."""
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        return len(prompt)
+    return 1
+
+
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
     state = get_state(request)
@@ -48,6 +55,7 @@ async def completions(body: CompletionRequest, request: Request):
     if body.stream and params.prompt_logprobs is not None:
         raise bad_request("prompt logprobs (echo with logprobs, or prompt_logprobs) need stream: false", "stream")
     tokenizer = state.llm.tokenizer
+    state.check_sequences(params.n, _count(body.prompt))
     prompts = await asyncio.to_thread(_prompts, body.prompt, tokenizer)
     response_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     handles: list[RequestHandle] = []
