@@ -293,7 +293,27 @@ def test_n_is_bounded_and_lone_surrogates_are_400(client, server):
     assert status == 200, out
     status, out = raw(server, "POST", "/v1/completions", b'{"model": "tiny", "prompt": "\xff\xfe", "max_tokens": 1}')
     assert status == 400, out
+    for kwargs, bad in (({"tokenize": True}, "'tokenize'"), ({"bos_token": "<x>"}, "'bos_token'"),
+                        ({"add_generation_prompt": False, "eos_token": ""}, "'add_generation_prompt', 'eos_token'")):
+        with pytest.raises(openai.BadRequestError, match=f"chat_template_kwargs may not set {bad}"):
+            chat(client, max_tokens=1, extra_body={"chat_template_kwargs": kwargs})
     assert wait_idle(server.engine)
+
+
+def test_a_huge_prompt_is_refused_before_it_is_tokenised(client, server, monkeypatch):
+    """A prompt far past the context is refused from its first characters: the whole text never goes
+    through the tokenizer (the engine's own length check would come after tokenising all of it)."""
+    tokenizer, seen = server.llm.tokenizer, []
+    encode = tokenizer.encode
+    monkeypatch.setattr(tokenizer, "encode", lambda text, *a, **k: seen.append(len(text)) or encode(text, *a, **k))
+    text = "lorem ipsum dolor sit amet " * 35000  # 945,000 characters, under the 1 MiB body limit
+    with pytest.raises(openai.BadRequestError, match="more than 2048 tokens") as e:
+        client.completions.create(model="tiny", prompt=text, max_tokens=1)
+    assert e.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError, match="messages has more than 2048 tokens"):
+        chat(client, content=text, max_tokens=1)
+    assert seen and max(seen) <= 8 * 2048
+    assert len(chat(client, content="short", max_tokens=1, extra_body=NO_THINK).choices) == 1
 
 
 def test_overloaded_server_answers_503(folder):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import APIError, bad_request
+from .errors import APIError, bad_request, encode_bounded
 from .protocol import ChatCompletionRequest
 
 ROLES = {"system", "user", "assistant", "tool", "developer"}
@@ -115,9 +115,26 @@ def _constraint(req: ChatCompletionRequest, tokenizer, thinking: bool) -> tuple[
                       "response_format")
 
 
+# Arguments of the rendering call itself, not template variables: a request may not set them.
+RENDER_ARGUMENTS = frozenset({"messages", "tools", "documents", "add_generation_prompt", "tokenize",
+                              "return_generation_spans", "continue_final_message", "chat_template", "tokenizer"})
+
+
+def _template_kwargs(req: ChatCompletionRequest, tokenizer) -> dict:
+    """The request's template variables; the renderer's own arguments and the tokenizer's special tokens
+    (``bos_token``, ...) stay the server's, so a client cannot change what its prompt is framed with."""
+    kwargs = dict(req.chat_template_kwargs or {})
+    reserved = sorted(k for k in kwargs
+                      if k in RENDER_ARGUMENTS or k in tokenizer.special_tokens_map or k.endswith("_token"))
+    if reserved:
+        raise bad_request(f"chat_template_kwargs may not set {', '.join(map(repr, reserved))}: rendering arguments "
+                          "and special tokens belong to the server", "chat_template_kwargs")
+    return kwargs
+
+
 def build_chat_prompt(req: ChatCompletionRequest, llm) -> ChatPrompt:
     """Render and tokenise the conversation; raises APIError 400 for anything the client got wrong."""
-    kwargs = dict(req.chat_template_kwargs or {})
+    kwargs = _template_kwargs(req, llm.tokenizer)
     enable_thinking = kwargs.pop("enable_thinking", None)
     if enable_thinking is not None and not isinstance(enable_thinking, bool):
         raise bad_request("chat_template_kwargs.enable_thinking must be true or false", "chat_template_kwargs")
@@ -135,4 +152,5 @@ def build_chat_prompt(req: ChatCompletionRequest, llm) -> ChatPrompt:
     except ValueError as e:  # a schema or tool list the grammar compiler cannot take
         param = "tools" if req.tool_choice not in (None, "auto", "none") else "response_format"
         raise bad_request(str(e), param) from None
-    return ChatPrompt(llm.tokenizer.encode(text, add_special_tokens=False), text, thinking, factory, forced)
+    ids = encode_bounded(llm.tokenizer, text, llm.engine.max_model_len, "messages", add_special_tokens=False)
+    return ChatPrompt(ids, text, thinking, factory, forced)

@@ -41,3 +41,17 @@ def from_value_error(e: ValueError) -> APIError:
     elif code:
         param = "messages"
     return APIError(400, msg, param, code)
+
+
+CHARS_PER_TOKEN_PROBE = 8  # characters read per context token before a too-long prompt is declared
+
+
+def encode_bounded(tokenizer, text: str, limit: int, param: str, add_special_tokens: bool = True) -> list[int]:
+    """``tokenizer.encode(text)``, refusing before the whole text is tokenised when it cannot fit ``limit``
+    tokens: if its first ``8 x limit`` characters already hold more than ``limit`` tokens, so does the
+    whole (a 8 MiB body is then refused in milliseconds, not after seconds of tokenising)."""
+    head = CHARS_PER_TOKEN_PROBE * limit
+    if len(text) > head and len(tokenizer.encode(text[:head], add_special_tokens=False)) > limit:
+        raise APIError(400, f"{param} has more than {limit} tokens, more than the context window of "
+                            f"{limit} tokens; shorten it", param, "context_length_exceeded")
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..driver import Done, RequestHandle
-from ..errors import bad_request
+from ..errors import bad_request, encode_bounded
 from ..logprobs import completion_logprobs, echoed_logprobs, joined, prompt_logprobs_field
 from ..protocol import CompletionRequest
 from ..state import get_state
@@ -24,7 +24,7 @@ from ..streaming import ClientGone, sse, stream_response, wait_done
 router = APIRouter()
 
 
-def _prompts(prompt, tokenizer) -> list[tuple[list[int], str | None]]:
+def _prompts(prompt, tokenizer, limit: int) -> list[tuple[list[int], str | None]]:
     if isinstance(prompt, str):
         prompt = [prompt]
     elif prompt and isinstance(prompt[0], int):
@@ -34,7 +34,7 @@ def _prompts(prompt, tokenizer) -> list[tuple[list[int], str | None]]:
     out = []
     for p in prompt:
         if isinstance(p, str):
-            out.append((tokenizer.encode(p), p))
+            out.append((encode_bounded(tokenizer, p, limit, "prompt"), p))
         else:
             out.append((list(p), None))
     return out
@@ -56,7 +56,7 @@ async def completions(body: CompletionRequest, request: Request):
         raise bad_request("prompt logprobs (echo with logprobs, or prompt_logprobs) need stream: false", "stream")
     tokenizer = state.llm.tokenizer
     state.check_sequences(params.n, _count(body.prompt))
-    prompts = await asyncio.to_thread(_prompts, body.prompt, tokenizer)
+    prompts = await asyncio.to_thread(_prompts, body.prompt, tokenizer, state.llm.engine.max_model_len)
     response_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     handles: list[RequestHandle] = []
     try:
