@@ -147,3 +147,51 @@ def test_failing_constraint_fails_only_its_request(reference):
 
     done = asyncio.run(main())
     assert len(done.output.outputs[0].token_ids) == 5 and not reference.engine.requests
+
+
+def test_sigterm_ends_long_streams_after_the_shutdown_timeout(folder):
+    """`qwen3lab serve --shutdown-timeout 1`: on SIGTERM a running stream gets one second more, then an
+    error event and [DONE], and the process exits; it does not drain the whole generation."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from serve_fixtures import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "qwen3lab.cli", "serve", "--model", str(folder), "--port", str(port),
+                             "--dtype", "float32", "--max-model-len", "4096", "--shutdown-timeout", "1",
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(0.2)
+        body = json.dumps({"model": str(folder), "prompt": "hi", "max_tokens": 3500, "stream": True,
+                           "ignore_eos": True}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+        events = []
+        with urllib.request.urlopen(req, timeout=60) as r:
+            for line in r:
+                if line.startswith(b"data: "):
+                    events.append(line[6:].strip())
+                    if len(events) == 3:
+                        sent = time.monotonic()
+                        proc.send_signal(signal.SIGTERM)
+        assert events[-1] == b"[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert error["code"] == "shutting_down" and "shut down before this request finished" in error["message"]
+        text = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-2])
+        # uvicorn re-raises the captured signal once it has shut down: the exit status says SIGTERM.
+        assert 0 < len(text) and proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert time.monotonic() - sent < 20
+    finally:
+        if proc.poll() is None:
+            proc.kill()

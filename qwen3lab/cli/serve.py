@@ -54,6 +54,9 @@ def add_parser(sub) -> None:
                    help="largest request body accepted (default: %(default)s)")
     g.add_argument("--max-waiting", type=int, default=256, metavar="N",
                    help="waiting sequences before new requests get 503 (default: %(default)s)")
+    g.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
+                   help="on SIGTERM / Ctrl-C, seconds running requests get to finish before they end with an "
+                        "error (default: %(default)s)")
     g.add_argument("--max-n", type=int, default=16, metavar="N",
                    help="sequences one request may start: n, times the prompts of a /v1/completions batch "
                         "(default: %(default)s)")
@@ -135,5 +138,12 @@ def run(args: argparse.Namespace) -> int:
                           max_n=args.max_n)
     served = ", ".join([names[0], *(adapters or {})])
     print(f"qwen3lab: serving {served} on http://{args.host}:{args.port}/ (chat page at /)", file=sys.stderr)
-    uvicorn.run(build_app(llm, config), host=args.host, port=args.port, log_level=args.log_level)
+    from ..serve.shutdown import DrainingServer
+
+    if args.shutdown_timeout < 0:
+        raise ValueError("--shutdown-timeout must be >= 0")
+    app = build_app(llm, config)
+    server = DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level),
+                            app.state.qwen3lab.driver, args.shutdown_timeout)
+    server.run()
     return 0

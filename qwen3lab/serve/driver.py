@@ -103,6 +103,7 @@ class EngineDriver:
         self._live: dict[str, _Live] = {}
         self._failed: dict[str, BaseException] = {}
         self._stop = threading.Event()
+        self.draining = False  # shutting down: new requests get 503
         self._thread = threading.Thread(target=self._run, name="qwen3lab-engine", daemon=True)
 
     # -- event-loop side -------------------------------------------------------------------
@@ -113,6 +114,14 @@ class EngineDriver:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def drain(self) -> None:
+        """Refuse new requests from now on (the server is shutting down); running ones go on."""
+        self.draining = True
+
+    def fail_all(self, error: APIError) -> None:
+        """End every live request with ``error`` (thread-safe)."""
+        self._commands.put(lambda: [self._fail(rid, error) for rid in list(self._live)])
+
     def stop(self) -> None:
         self._stop.set()
         self._commands.put(lambda: None)  # wake the thread
@@ -120,7 +129,10 @@ class EngineDriver:
 
     async def submit(self, prompt_token_ids: list[int], params, prompt: str | None = None,
                      constraint_factory=None, prefix: str = "req", adapter: str | None = None) -> RequestHandle:
-        """Add a request on the engine thread; raises APIError (400 bad input, 503 overloaded)."""
+        """Add a request on the engine thread; raises APIError (400 bad input, 503 overloaded or shutting
+        down)."""
+        if self.draining:
+            raise APIError(503, "the server is shutting down", code="shutting_down")
         loop = asyncio.get_running_loop()
         accepted: asyncio.Future = loop.create_future()
         events: asyncio.Queue = asyncio.Queue()
