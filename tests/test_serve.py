@@ -316,6 +316,18 @@ def test_a_huge_prompt_is_refused_before_it_is_tokenised(client, server, monkeyp
     assert len(chat(client, content="short", max_tokens=1, extra_body=NO_THINK).choices) == 1
 
 
+def test_openapi_schema_and_docs_are_served(server):
+    status, out = raw(server, "GET", "/openapi.json", key=None)
+    schema = json.loads(out)
+    assert status == 200 and "/v1/chat/completions" in schema["paths"]
+    post = schema["paths"]["/v1/chat/completions"]["post"]
+    assert "422" not in post["responses"] and post["responses"]["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"}
+    assert "HTTPValidationError" not in json.dumps(schema)
+    status, page = raw(server, "GET", "/docs", key=None)
+    assert status == 200 and b"swagger" in page.lower()
+
+
 def test_overloaded_server_answers_503(folder):
     llm = LLM(str(folder), dtype="float32", max_model_len=256, kv_cache_memory_gb=0.05, max_num_seqs=1)
     with ServerThread(build_app(llm, ServerConfig(served_model_names=["tiny"], max_waiting=1))) as s:

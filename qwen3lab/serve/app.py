@@ -129,6 +129,39 @@ def _unexpected(request: Request, exc: Exception):
     return APIError(500, f"internal error: {type(exc).__name__}: {exc}").response()
 
 
+_ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's schema, with the errors this server sends: its own shape under 400 (bad input, where
+    FastAPI would declare a 422 it never sends), 401, 404, 413 and 503."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version="1", summary=app.summary, routes=app.routes)
+        schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = _ERROR_SCHEMA
+        ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for path, methods in schema.get("paths", {}).items():
+            for op in methods.values():
+                responses = op.setdefault("responses", {})
+                responses.pop("422", None)
+                if "requestBody" in op:
+                    responses["400"] = {"description": "invalid request", **ref}
+                    responses["413"] = {"description": "request body too large", **ref}
+                if path.startswith("/v1"):
+                    responses["401"] = {"description": "missing or wrong API key (with --api-key)", **ref}
+                if path.startswith("/v1") and "requestBody" in op:
+                    responses["404"] = {"description": "unknown model", **ref}
+                    responses["503"] = {"description": "overloaded or shutting down", **ref}
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema["components"]["schemas"].pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
 def build_app(llm, config: ServerConfig | None = None) -> FastAPI:
     """The app over an ``LLM``; its engine is driven by a background thread while the app runs."""
     config = config or ServerConfig()
@@ -142,7 +175,9 @@ def build_app(llm, config: ServerConfig | None = None) -> FastAPI:
         finally:
             state.driver.stop()
 
-    app = FastAPI(title="qwen3lab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="qwen3lab", summary="OpenAI-compatible server of the qwen3lab engine", lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+    app.openapi = lambda: _openapi(app)
     app.state.qwen3lab = state
     for module in (chat, completions, system, tokenize):
         app.include_router(module.router)
