@@ -136,8 +136,9 @@ _ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error"
 
 
 def _openapi(app: FastAPI) -> dict:
-    """FastAPI's schema, with the errors this server sends: its own shape under 400 (bad input, where
-    FastAPI would declare a 422 it never sends), 401, 404, 413 and 503."""
+    """FastAPI's schema, with what this server sends: its error shape under 400 (bad input, where FastAPI
+    would declare a 422 it never sends), 401, 404, 413 and 503, and server-sent events from the two
+    streaming routes."""
     if app.openapi_schema is None:
         from fastapi.openapi.utils import get_openapi
 
@@ -153,8 +154,13 @@ def _openapi(app: FastAPI) -> dict:
                     responses["413"] = {"description": "request body too large", **ref}
                 if path.startswith("/v1"):
                     responses["401"] = {"description": "missing or wrong API key (with --api-key)", **ref}
-                if path.startswith("/v1") and "requestBody" in op:
+                if path in ("/v1/chat/completions", "/v1/completions"):  # "stream": true answers in SSE
+                    ok = responses.setdefault("200", {"description": "Successful Response"})
+                    ok.setdefault("content", {})["text/event-stream"] = {"schema": {  # each event: one JSON chunk, or [DONE]
+                        "type": "object", "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}}
+                if "{" in path or "requestBody" in op:
                     responses["404"] = {"description": "unknown model", **ref}
+                if path.startswith("/v1") and "requestBody" in op:
                     responses["503"] = {"description": "overloaded or shutting down", **ref}
         for name in ("HTTPValidationError", "ValidationError"):
             schema["components"]["schemas"].pop(name, None)

@@ -37,14 +37,14 @@ async def model(model_id: str, request: Request):
     return next(c for c in _cards(state) if c["id"] == model_id)
 
 
-@router.get("/health")
+@router.get("/health", response_class=PlainTextResponse, responses={503: {"description": "the engine thread stopped"}})
 async def health(request: Request):
     state = get_state(request)
     alive = state.driver.alive
     return PlainTextResponse("ok" if alive else "engine thread stopped", status_code=200 if alive else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request):
     state = get_state(request)
     return PlainTextResponse(state.metrics.render(state.llm.engine.stats()),

@@ -12,7 +12,8 @@ import asyncio
 from fastapi import APIRouter, Request
 
 from ... import __version__
-from ..errors import bad_request
+from ..chat_prompt import clean_messages
+from ..errors import APIError, bad_request
 from ..protocol import DetokenizeRequest, TokenizeRequest
 from ..state import get_state
 
@@ -29,7 +30,13 @@ async def tokenize(body: TokenizeRequest, request: Request):
 
     def run() -> list[int]:
         if body.messages is not None:
-            text = tok.apply_chat_template(body.messages, add_generation_prompt=body.add_generation_prompt)
+            try:
+                text = tok.apply_chat_template(clean_messages(body.messages),
+                                               add_generation_prompt=body.add_generation_prompt)
+            except APIError:
+                raise
+            except Exception as e:  # an empty or malformed conversation, or the template's raise_exception
+                raise bad_request(f"cannot render the chat template: {e}", "messages") from None
             return tok.encode(text, add_special_tokens=False)
         return tok.encode(body.prompt, add_special_tokens=body.add_special_tokens)
 
