@@ -328,6 +328,16 @@ def test_openapi_schema_and_docs_are_served(server):
     assert status == 200 and b"swagger" in page.lower()
 
 
+def test_protect_metrics_asks_for_the_key(folder):
+    llm = LLM(str(folder), dtype="float32", max_model_len=256, kv_cache_memory_gb=0.05)
+    config = ServerConfig(served_model_names=["tiny"], api_key=KEY, protect_metrics=True)
+    with ServerThread(build_app(llm, config)) as s:
+        assert raw(s, "GET", "/metrics", key=None)[0] == 401
+        status, body = raw(s, "GET", "/metrics")
+        assert status == 200 and b"qwen3lab:num_requests_waiting" in body
+        assert raw(s, "GET", "/health", key=None)[0] == 200
+
+
 def test_overloaded_server_answers_503(folder):
     llm = LLM(str(folder), dtype="float32", max_model_len=256, kv_cache_memory_gb=0.05, max_num_seqs=1)
     with ServerThread(build_app(llm, ServerConfig(served_model_names=["tiny"], max_waiting=1))) as s:

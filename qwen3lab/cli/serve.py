@@ -57,6 +57,9 @@ def add_parser(sub) -> None:
     g.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
                    help="on SIGTERM / Ctrl-C, seconds running requests get to finish before they end with an "
                         "error (default: %(default)s)")
+    g.add_argument("--protect-metrics", action="store_true",
+                   help="/metrics needs the --api-key too (by default it is open, as vLLM's: bind to a trusted "
+                        "interface or set this)")
     g.add_argument("--max-n", type=int, default=16, metavar="N",
                    help="sequences one request may start: n, times the prompts of a /v1/completions batch "
                         "(default: %(default)s)")
@@ -124,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
     from ..serve import ServerConfig, build_app
     from ..speculative.config import SpeculativeConfig
 
+    if args.protect_metrics and not args.api_key:
+        raise ValueError("--protect-metrics needs --api-key: the key /metrics is checked against")
     for name in ("port", "max_num_seqs", "max_waiting", "max_n"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
@@ -135,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     names = served_names(args.served_model_name, args.model, llm.model_path)
     config = ServerConfig(served_model_names=names, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
                           max_body_bytes=int(args.max_body_mb * 2**20), max_waiting=args.max_waiting,
-                          max_n=args.max_n)
+                          max_n=args.max_n, protect_metrics=args.protect_metrics)
     served = ", ".join([names[0], *(adapters or {})])
     print(f"qwen3lab: serving {served} on http://{args.host}:{args.port}/ (chat page at /)", file=sys.stderr)
     from ..serve.shutdown import DrainingServer

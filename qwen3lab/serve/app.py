@@ -53,7 +53,7 @@ def _lone_surrogate(value, path: str = "") -> str | None:
 
 
 class GateMiddleware:
-    """API key on ``/v1/*`` and a cap on request bodies, checked before any route runs (plain ASGI).
+    """API key on ``/v1/*`` (and ``/metrics`` with ``protect_metrics``) and a cap on request bodies, checked before any route runs (plain ASGI).
 
     The body is read here, up to the cap, and replayed to the app; later ``receive`` calls pass
     through so that the routes still see the client's disconnect.
@@ -65,7 +65,8 @@ class GateMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self.config.api_key and scope["path"].startswith("/v1"):
+        guarded = scope["path"].startswith("/v1") or (self.config.protect_metrics and scope["path"] == "/metrics")
+        if self.config.api_key and guarded:
             headers = dict(scope["headers"])
             auth = headers.get(b"authorization", b"").decode("latin-1")
             given = auth[7:] if auth.lower().startswith("bearer ") else headers.get(b"x-api-key", b"").decode("latin-1")

@@ -18,6 +18,7 @@ class ServerConfig:
     max_tokens_limit: int | None = None  # None: up to the context window
     max_body_bytes: int = 8 * 2**20
     max_waiting: int = 256  # sequences in the waiting queue before new requests get 503
+    protect_metrics: bool = False  # /metrics needs the API key too (open by default, as vLLM's)
     max_n: int = 16  # sequences one request may start (n, times the prompts of a completions batch)
 
 
