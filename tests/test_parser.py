@@ -177,3 +177,31 @@ def test_feed_after_finish_raises():
     p.finish()
     with pytest.raises(RuntimeError):
         p.feed("x")
+
+
+def test_tool_call_arguments_stream_as_written():
+    """The arguments arrive as fragments while the call is generated (after a start event with the name);
+    joined, they are the final arguments string, the model's own text."""
+    text = ('Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "東京", "days": [1, {"a": "}]"}]}}'
+            '\n</tool_call>')
+    p = StreamingOutputParser(thinking=False)
+    events = [e for ch in text for e in p.feed(ch)] + p.finish()
+    kinds = [e.kind for e in events if e.kind != "content"]
+    assert kinds[0] == "tool_call_start" and kinds[-1] == "tool_call" and kinds.count("tool_call_args") > 10
+    first_args = next(i for i, e in enumerate(events) if e.kind == "tool_call_args")
+    assert events[first_args].text == "{" and first_args < len(events) - 10
+    args = "".join(e.text for e in events if e.kind == "tool_call_args")
+    assert args == '{"city": "東京", "days": [1, {"a": "}]"}]}' == p.result().tool_calls[0]["function"]["arguments"]
+    assert events[0].kind == "tool_call_start" or events[0].kind == "content"
+    assert p.result().tool_calls[0]["id"] == next(e for e in events if e.kind == "tool_call_start").tool_call["id"]
+
+
+def test_tool_call_cut_off_keeps_its_partial_arguments():
+    out = parse_output('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Os', thinking=False)
+    assert out.content is None and out.tool_calls[0]["function"] == {"name": "get_weather", "arguments": '{"city": "Os'}
+    assert "sent with the arguments written" in out.parse_errors[0]
+    out = parse_output('<tool_call>\n{"name": "get_weather", "arg', thinking=False)
+    assert out.tool_calls[0]["function"] == {"name": "get_weather", "arguments": ""}
+    # Without a complete name nothing was started: the fragment stays text, as before.
+    out = parse_output('<tool_call>\n{"name": "get_wea', thinking=False)
+    assert out.tool_calls == [] and out.content.startswith("<tool_call>")

@@ -144,15 +144,44 @@ def test_named_tool_choice_streams_tool_call_deltas(client):
     for chunk in stream:
         for choice in chunk.choices:
             for tc in choice.delta.tool_calls or []:
-                entry = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+                entry = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": "", "fragments": []})
                 entry["id"] = tc.id or entry["id"]
                 entry["name"] += (tc.function.name or "") if tc.function else ""
                 entry["arguments"] += (tc.function.arguments or "") if tc.function else ""
+                if tc.function and tc.function.arguments:
+                    entry["fragments"].append(tc.function.arguments)
             finish = choice.finish_reason or finish
     assert finish == "tool_calls" and calls
     for entry in calls.values():
         assert entry["id"].startswith("call_") and entry["name"] == "get_time"
         assert set(json.loads(entry["arguments"])) == {"zone"}
+        # The arguments came as they were generated: several fragments, the first long before the end.
+        assert len(entry["fragments"]) > 3 and entry["fragments"][0].startswith("{")
+    whole = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Time in Tokyo?"}], tools=[WEATHER, TIME],
+        tool_choice={"type": "function", "function": {"name": "get_time"}}, max_tokens=60, temperature=0,
+        extra_body=NO_THINK)
+    assert whole.choices[0].message.tool_calls[0].function.arguments == calls[0]["arguments"]
+
+
+@needs_structured
+def test_forced_tool_call_cut_off_by_max_tokens_is_still_a_tool_call(client):
+    """As vLLM: the partial call goes to tool_calls with the arguments written so far, finish_reason length."""
+    kw = dict(model="tiny", messages=[{"role": "user", "content": "Time in Tokyo?"}], tools=[WEATHER, TIME],
+              tool_choice={"type": "function", "function": {"name": "get_time"}}, temperature=0, extra_body=NO_THINK)
+    for max_tokens in (14, 20):  # cut before the arguments begin, and inside them
+        r = client.chat.completions.create(**kw, max_tokens=max_tokens)
+        choice = r.choices[0]
+        assert choice.finish_reason == "length" and choice.message.content in (None, "")
+        call = choice.message.tool_calls[0]
+        assert call.function.name == "get_time"
+        assert call.function.arguments.startswith("{") if max_tokens == 20 else call.function.arguments == ""
+        streamed = ""
+        for chunk in client.chat.completions.create(**kw, max_tokens=max_tokens, stream=True):
+            for c in chunk.choices:
+                for tc in c.delta.tool_calls or []:
+                    streamed += (tc.function.arguments or "") if tc.function else ""
+        assert streamed == call.function.arguments
 
 
 def test_tool_call_text_is_parsed_when_not_forced():

@@ -66,17 +66,26 @@ class ChoiceStream:
         deltas: list[dict] = []
         text: dict = {}
         for ev in events:
-            if ev.kind == "tool_call":
+            if ev.kind.startswith("tool_call"):
                 if text:
                     deltas.append(text)
                     text = {}
+            # OpenAI streams a call as a header (id, name) and then argument fragments: here as the model
+            # writes them (tool_call_start, tool_call_args), or all at once for a call that did not stream.
+            if ev.kind == "tool_call_start":
+                self.num_tool_calls += 1
+                deltas.append({"tool_calls": [{"index": self.num_tool_calls - 1, "id": ev.tool_call["id"],
+                                               "type": "function",
+                                               "function": {"name": ev.tool_call["name"], "arguments": ""}}]})
+            elif ev.kind == "tool_call_args":
+                deltas.append({"tool_calls": [{"index": self.num_tool_calls - 1, "function": {"arguments": ev.text}}]})
+            elif ev.kind == "tool_call" and not ev.streamed:
                 call, i = ev.tool_call, self.num_tool_calls
                 self.num_tool_calls += 1
-                # OpenAI streams a call as a header (id, name) and then argument fragments.
                 deltas.append({"tool_calls": [{"index": i, "id": call["id"], "type": "function",
                                                "function": {"name": call["function"]["name"], "arguments": ""}}]})
                 deltas.append({"tool_calls": [{"index": i, "function": {"arguments": call["function"]["arguments"]}}]})
-            else:
+            elif ev.kind in ("reasoning", "content"):
                 key = "reasoning_content" if ev.kind == "reasoning" else "content"
                 text[key] = text.get(key, "") + ev.text
         if text:
