@@ -46,6 +46,35 @@ def test_chat_thinking_on_goes_to_reasoning(client):
     assert msg.reasoning_content and not msg.content
 
 
+@pytest.mark.parametrize("budget", [0, 24, 40])
+def test_thinking_budget_closes_the_thought_then_answers(client, budget):
+    """The random model never ends its thought: with a budget of N tokens the engine closes it (the
+    early-stopping phrase when it fits, then </think>) within N tokens, and an answer follows; streamed
+    and whole agree; usage counts the reasoning tokens."""
+    kw = dict(max_tokens=60, temperature=0, extra_body={"thinking_budget": budget, "ignore_eos": True})
+    r = chat(client, "Why is the sky blue?", **kw)
+    msg, use = r.choices[0].message, r.usage
+    assert use.completion_tokens_details.reasoning_tokens <= budget or budget == 0
+    assert use.completion_tokens_details.reasoning_tokens <= max(budget, 4)  # 0: just "</think>" and the blank line
+    assert msg.content and r.choices[0].finish_reason == "length"
+    if budget >= 40:
+        assert msg.reasoning_content.endswith("based on the thinking directly now.")
+    stream = chat(client, "Why is the sky blue?", stream=True, stream_options={"include_usage": True}, **kw)
+    reasoning, content, usage = "", "", None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for c in chunk.choices:
+            reasoning += getattr(c.delta, "reasoning_content", None) or ""
+            content += c.delta.content or ""
+    assert (reasoning or None, content) == (msg.reasoning_content, msg.content)
+    assert usage.completion_tokens_details.reasoning_tokens == use.completion_tokens_details.reasoning_tokens
+    # reasoning_effort maps onto the budget; thinking off has no thought to close.
+    low = chat(client, "Why?", max_tokens=8, temperature=0, extra_body={"reasoning_effort": "minimal"})
+    assert low.usage.completion_tokens_details.reasoning_tokens <= 4
+    off = chat(client, "Why?", max_tokens=8, temperature=0, extra_body={"thinking_budget": 0, **NO_THINK})
+    assert off.usage.completion_tokens_details.reasoning_tokens == 0 and off.choices[0].message.content
+
+
 def test_greedy_matches_llm_generate(client, server, reference):
     prompt = "The capital of France is"
     want = reference.generate(prompt, SamplingParams(max_tokens=12, temperature=0, ignore_eos=True))[0]

@@ -60,6 +60,9 @@ def add_parser(sub) -> None:
     g.add_argument("--protect-metrics", action="store_true",
                    help="/metrics needs the --api-key too (by default it is open, as vLLM's: bind to a trusted "
                         "interface or set this)")
+    g.add_argument("--thinking-budget", type=int, default=None, metavar="N",
+                   help="default reasoning tokens of thinking-mode chat requests, after which the thought is "
+                        "closed and the answer follows (requests set thinking_budget or reasoning_effort)")
     g.add_argument("--max-n", type=int, default=16, metavar="N",
                    help="sequences one request may start: n, times the prompts of a /v1/completions batch "
                         "(default: %(default)s)")
@@ -127,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     from ..serve import ServerConfig, build_app
     from ..speculative.config import SpeculativeConfig
 
+    if args.thinking_budget is not None and args.thinking_budget < 0:
+        raise ValueError("--thinking-budget must be >= 0")
     if args.protect_metrics and not args.api_key:
         raise ValueError("--protect-metrics needs --api-key: the key /metrics is checked against")
     for name in ("port", "max_num_seqs", "max_waiting", "max_n"):
@@ -140,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
     names = served_names(args.served_model_name, args.model, llm.model_path)
     config = ServerConfig(served_model_names=names, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
                           max_body_bytes=int(args.max_body_mb * 2**20), max_waiting=args.max_waiting,
-                          max_n=args.max_n, protect_metrics=args.protect_metrics)
+                          max_n=args.max_n, protect_metrics=args.protect_metrics,
+                          thinking_budget=args.thinking_budget)
     served = ", ".join([names[0], *(adapters or {})])
     print(f"qwen3lab: serving {served} on http://{args.host}:{args.port}/ (chat page at /)", file=sys.stderr)
     from ..serve.shutdown import DrainingServer

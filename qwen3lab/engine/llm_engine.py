@@ -32,6 +32,10 @@ from .stats import EngineStats
 
 log = logging.getLogger("qwen3lab")
 
+THINK_END = "</think>"
+# What the Qwen team appends to stop a thought early (Qwen3 model card, "thinking budget").
+EARLY_STOP = "\n\nConsidering the limited time by the user, I have to give the solution based on the thinking directly now."
+
 
 class LLMEngine:
     def __init__(self, model, tokenizer, generation: GenerationDefaults, config: EngineConfig,
@@ -51,6 +55,8 @@ class LLMEngine:
         from ..rope_scaling import long_window
 
         self.long_window = long_window(cfg)  # long-only rotary scaling: sequences past it run scaled
+        self.think_end = tokenizer.token_to_id(THINK_END) if hasattr(tokenizer, "token_to_id") else None
+        self._closers: dict[bool, list[int]] = {}
         self.requests: dict[str, list[Sequence]] = {}
         self._prompts: dict[str, str | None] = {}
         self._ids = itertools.count()
@@ -128,6 +134,8 @@ class LLMEngine:
         if max(prompt_token_ids) >= vocab or min(prompt_token_ids) < 0:
             raise ValueError(f"prompt token ids must be in [0, {vocab}) for this model")
         slot = self.adapter_slot(adapter)
+        if params.thinking_budget is not None and self.think_end is None:
+            raise ValueError(f"thinking_budget needs a model that thinks: this tokenizer has no {THINK_END} token")
         params = params.resolve(self.generation)
         request_id = request_id or f"req-{next(self._ids)}"
         room = self.max_model_len - n
@@ -241,7 +249,43 @@ class LLMEngine:
         return sorted(self.eos_token_ids | set(s.params.stop_token_ids)) \
             if len(s.output_token_ids) < s.params.min_tokens else None
 
+    def _closer(self, budget: int) -> list[int]:
+        """Tokens that end a thought: the early-stopping phrase, then </think> and a blank line (just the
+        latter when the budget cannot hold the phrase)."""
+        full = budget >= len(self._closer_ids(True))
+        return self._closer_ids(full)
+
+    def _closer_ids(self, phrase: bool) -> list[int]:
+        if phrase not in self._closers:
+            text = (EARLY_STOP if phrase else "") + "\n" + THINK_END + "\n\n"
+            self._closers[phrase] = self.tokenizer.encode(text, add_special_tokens=False)
+        return self._closers[phrase]
+
+    def _must_close(self, s: Sequence) -> bool:
+        """The thought has to end now to keep within the budget (closing tokens included)."""
+        budget = s.params.thinking_budget
+        return (budget is not None and not s.thought_closed and not s.is_finished
+                and len(s.output_token_ids) + len(self._closer(budget)) >= budget)
+
+    def _close_thought(self, s: Sequence) -> list[StreamDelta]:
+        """Append the closing tokens as if generated (the next step computes them as one chunk)."""
+        deltas = []
+        for t in self._closer(s.params.thinking_budget):
+            # Forced, so certain: logprob 0 where logprobs are asked for (one entry per token).
+            deltas.append(self._append(s, t, {t: 0.0} if s.params.logprobs is not None else None))
+            if s.is_finished:
+                break
+        s.thought_closed = True
+        return deltas
+
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[StreamDelta]:
+        forced = [r for r, s in enumerate(seqs) if self._must_close(s)]
+        if forced:  # rows out of thinking budget take the closing tokens instead of a sample
+            deltas = [d for r in forced for d in self._close_thought(seqs[r])]
+            keep = [r for r in range(len(seqs)) if r not in forced]
+            if not keep:
+                return deltas
+            return deltas + self._sample([seqs[r] for r in keep], logits[torch.tensor(keep)])
         if logits.is_inference() and any(s.constraint is not None for s in seqs):
             logits = logits.clone()  # the runner's uncopied output: masking in place needs a normal tensor
         for r, s in enumerate(seqs):
@@ -280,6 +324,8 @@ class LLMEngine:
             seq.num_computed = seq.num_tokens - 1
             if self.drafter is not None:
                 self.drafter.on_verified(seq, acc.num_accepted, acc.path)
+        if self._must_close(seq):  # accepted drafts may have used the rest of the thinking budget
+            deltas.extend(self._close_thought(seq))
         return deltas
 
     def _finish_scored(self, seq: Sequence) -> StreamDelta:
@@ -290,6 +336,8 @@ class LLMEngine:
 
     def _append(self, seq: Sequence, token: int, logprob: dict[int, float] | None) -> StreamDelta:
         delta = append_token(seq, token, logprob, self.eos_token_ids)
+        if token == self.think_end:
+            seq.thought_closed = True
         if seq.is_finished:
             self._release(seq)
         return delta

@@ -90,6 +90,8 @@ class Sequence:
     # prefix-cache keys, so that blocks computed under one adapter are never reused under another.
     lora_slot: int = 0
     cache_salt: bytes | None = None
+    # Thinking budget: the output closed its thought (</think> generated or forced)
+    thought_closed: bool = False
     # Long-only rotary scaling (qwen3lab/rope_scaling.py): whether this sequence runs scaled.
     long_rope: bool = False
 

@@ -31,6 +31,9 @@ class SamplingParams:
     prompt_logprobs: int | None = None  # the same for every prompt token after the first (vLLM's field)
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # Reasoning tokens allowed before the engine closes the thought (the Qwen team's early-stopping
+    # phrase, then </think>) so that the answer follows; None: no limit. For thinking-mode prompts.
+    thinking_budget: int | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -70,6 +73,9 @@ class SamplingParams:
             bad("prompt_logprobs", "must be in [0, 20]")
         if self.seed is not None and not isinstance(self.seed, int):
             bad("seed", "must be an integer")
+        if self.thinking_budget is not None and (isinstance(self.thinking_budget, bool)
+                                                 or not isinstance(self.thinking_budget, int) or self.thinking_budget < 0):
+            bad("thinking_budget", "must be an integer >= 0 (None: no limit)")
         if any(not isinstance(s, str) or not s for s in self.stop):
             bad("stop", "must be non-empty strings")
 

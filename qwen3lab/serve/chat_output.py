@@ -19,15 +19,24 @@ def finish_reason(reason: str | None, has_tool_calls: bool) -> str | None:
     return reason
 
 
-def usage(done: Done) -> dict:
+def reasoning_tokens(token_ids: list[int], thinking: bool, think_end: int | None) -> int:
+    """Output tokens of the thought: up to and including </think>, all of them if it never closed."""
+    if not thinking or think_end is None:
+        return 0
+    return token_ids.index(think_end) + 1 if think_end in token_ids else len(token_ids)
+
+
+def usage(done: Done, thinking: bool = False, think_end: int | None = None) -> dict:
     completion = sum(len(o.token_ids) for o in done.output.outputs)
+    reasoning = sum(reasoning_tokens(o.token_ids, thinking, think_end) for o in done.output.outputs)
     return {"prompt_tokens": done.prompt_tokens, "completion_tokens": completion,
             "total_tokens": done.prompt_tokens + completion,
-            "prompt_tokens_details": {"cached_tokens": done.cached_tokens}}
+            "prompt_tokens_details": {"cached_tokens": done.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": reasoning}}
 
 
 def chat_response(done: Done, *, response_id: str, created: int, model: str, thinking: bool, tokenizer,
-                  top_logprobs: int | None) -> dict:
+                  top_logprobs: int | None, think_end: int | None = None) -> dict:
     choices = []
     for out in done.output.outputs:
         parsed = parse_output(out.text, thinking)
@@ -43,7 +52,7 @@ def chat_response(done: Done, *, response_id: str, created: int, model: str, thi
         choices.append({"index": out.index, "message": message, "logprobs": logprobs,
                         "finish_reason": finish_reason(out.finish_reason, bool(parsed.tool_calls))})
     return {"id": response_id, "object": "chat.completion", "created": created, "model": model,
-            "choices": choices, "usage": usage(done)}
+            "choices": choices, "usage": usage(done, thinking, think_end)}
 
 
 class ChoiceStream:

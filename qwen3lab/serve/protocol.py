@@ -67,6 +67,10 @@ class SamplingFields(BaseModel):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+# reasoning_effort as thinking budgets (tokens); "minimal" closes the thought at once.
+REASONING_EFFORT = {"minimal": 0, "low": 1024, "medium": 4096, "high": 16384}
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[dict[str, Any]]
     tools: list[dict[str, Any]] | None = None
@@ -76,6 +80,23 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    # Thinking budget: vLLM's thinking_token_budget spelling and Anthropic's budget_tokens idea as
+    # thinking_budget / max_thinking_tokens; OpenAI's reasoning_effort maps onto it (REASONING_EFFORT).
+    thinking_budget: int | None = None
+    max_thinking_tokens: int | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+
+    def thinking_budget_tokens(self, default: int | None) -> int | None:
+        """The budget this request asks for (explicit, then reasoning_effort, then the server's default)."""
+        for name in ("thinking_budget", "max_thinking_tokens"):
+            value = getattr(self, name)
+            if value is not None:
+                if isinstance(value, bool) or value < 0:
+                    raise bad_request(f"{name} must be an integer >= 0", name)
+                return value
+        if self.reasoning_effort is not None:
+            return REASONING_EFFORT[self.reasoning_effort]
+        return default
 
     def to_sampling_params(self, max_tokens_limit: int | None) -> SamplingParams:
         if self.top_logprobs is not None and not self.logprobs:

@@ -19,6 +19,7 @@ class ServerConfig:
     max_body_bytes: int = 8 * 2**20
     max_waiting: int = 256  # sequences in the waiting queue before new requests get 503
     protect_metrics: bool = False  # /metrics needs the API key too (open by default, as vLLM's)
+    thinking_budget: int | None = None  # default reasoning budget of thinking-mode chat requests
     max_n: int = 16  # sequences one request may start (n, times the prompts of a completions batch)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from fastapi import APIRouter, Request
@@ -25,6 +26,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     params = body.to_sampling_params(state.config.max_tokens_limit)
     state.check_sequences(params.n)
     prompt = await asyncio.to_thread(build_chat_prompt, body, state.llm)
+    budget = body.thinking_budget_tokens(state.config.thinking_budget)
+    if budget is not None and prompt.thinking:  # only a thinking-mode prompt has a thought to close
+        params = dataclasses.replace(params, thinking_budget=budget)
     handle = await state.driver.submit(prompt.token_ids, params, prompt.text, prompt.constraint_factory,
                                        prefix="chatcmpl", adapter=state.adapter(model))
     response_id, created = handle.request_id, int(time.time())
@@ -36,7 +40,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
         except ClientGone:
             return JSONResponse({}, status_code=499)
         return chat_response(done, response_id=response_id, created=created, model=model,
-                             thinking=prompt.thinking, tokenizer=tokenizer, top_logprobs=top)
+                             thinking=prompt.thinking, tokenizer=tokenizer, top_logprobs=top,
+                             think_end=state.llm.engine.think_end)
 
     def chunk(choices: list[dict], **extra) -> str:
         return sse({"id": response_id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -53,6 +58,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
                 for choice in streams[d.index].feed(d):  # one choice per chunk, as OpenAI sends them
                     yield chunk([choice])
         if body.include_usage:
-            yield chunk([], usage=usage(item))
+            yield chunk([], usage=usage(item, prompt.thinking, state.llm.engine.think_end))
 
     return stream_response(chunks(), [handle])
